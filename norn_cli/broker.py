@@ -1,0 +1,201 @@
+"""Where events are ordered, numbered and retained: the Broker interface and the in-memory default."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from norn_cli.events import Event, EventId, Filter, format_id, make_event
+
+__all__ = ["Broker", "Deliver", "MemoryBroker", "Replay", "Unavailable", "open_broker"]
+
+Deliver = Callable[[Sequence[Event]], None]
+"""Called by a broker with newly ordered events, in order, once each."""
+
+Item = tuple[str, str, Mapping[str, Any]]
+"""A validated event to publish: (type, appId, payload)."""
+
+
+class Unavailable(Exception):
+    """The broker cannot order events right now (e.g. Redis is down)."""
+
+
+@dataclass
+class Replay:
+    """What a subscriber asking for `since`/`last` is owed before going live.
+
+    `gap` is `(since, oldest)` when events after `since` may be missing.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    gap: tuple[str, str] | None = None
+
+
+class Broker(abc.ABC):
+    """Orders, numbers and retains events; hands each to the hub once, in order.
+
+    A broker may be shared by several hubs (Redis): then `deliver` also
+    receives the events other hubs published.
+    """
+
+    name: str = "broker"
+
+    @abc.abstractmethod
+    async def start(self, deliver: Deliver) -> None:
+        """Begin delivering events to `deliver`."""
+
+    @abc.abstractmethod
+    async def publish(self, items: Sequence[Item]) -> list[Event]:
+        """Order and retain `items` as one all-or-nothing batch; return the events.
+
+        Raises Unavailable when the events could not be ordered.
+        """
+
+    @abc.abstractmethod
+    async def replay(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:
+        """Retained events matching `flt`: after `since`, or the last `last` of them."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release resources."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the broker cannot order events."""
+        return self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the broker is unhealthy, in one sentence; None when healthy."""
+        return None
+
+    @property
+    @abc.abstractmethod
+    def last_id(self) -> str:
+        """The id of the newest event this broker knows of ("" when none)."""
+
+    @property
+    @abc.abstractmethod
+    def retained(self) -> int:
+        """How many events are retained for replay."""
+
+    def metrics(self) -> dict[str, float]:
+        """Extra gauges and counters for /metrics (name -> value)."""
+        return {}
+
+
+class IdClock:
+    """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back."""
+
+    __slots__ = ("_ms", "_seq")
+
+    def __init__(self) -> None:
+        self._ms = 0
+        self._seq = -1
+
+    def next(self) -> tuple[EventId, int]:
+        now = int(time.time() * 1000)
+        if now > self._ms:
+            self._ms, self._seq = now, 0
+        else:
+            self._seq += 1
+        return (self._ms, self._seq), now
+
+
+class MemoryBroker(Broker):
+    """The embedded default: a bounded in-process history.
+
+    Ids start from the wall clock, so they keep increasing across restarts;
+    a client resuming from before this hub started is told of a possible gap.
+    """
+
+    name = "memory"
+
+    def __init__(self, history: int = 10_000) -> None:
+        if history < 0:
+            raise ValueError("history must be >= 0")
+        self._history: deque[Event] = deque()
+        self._size = history
+        self._clock = IdClock()
+        # Every event after `_floor` is retained: it is the last evicted
+        # event, or the instant this broker was made.
+        self._floor: EventId = (int(time.time() * 1000), -1)
+        self._deliver: Deliver | None = None
+        self._last = ""
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    def publish_now(self, items: Sequence[Item]) -> list[Event]:
+        """`publish` without the coroutine, for the hub's in-process hot path."""
+        out = []
+        clock = self._clock
+        for etype, app, payload in items:
+            key, ms = clock.next()
+            out.append(make_event(key, etype, app, payload, ms))
+        hist = self._history
+        hist.extend(out)
+        while len(hist) > self._size:
+            self._floor = hist.popleft().key
+        if out:
+            self._last = out[-1].id
+        if self._deliver is not None:
+            self._deliver(out)
+        return out
+
+    async def publish(self, items: Sequence[Item]) -> list[Event]:
+        return self.publish_now(items)
+
+    def replay_now(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:
+        hist = self._history
+        picked: list[Event] = []
+        gap = None
+        if since is not None:
+            for ev in reversed(hist):
+                if ev.key <= since:
+                    break
+                if flt.match(ev.type, ev.app):
+                    picked.append(ev)
+            picked.reverse()
+            if since < self._floor:
+                gap = (format_id(since), hist[0].id if hist else "")
+        if last is not None:
+            if since is None:
+                for ev in reversed(hist):
+                    if len(picked) >= last:
+                        break
+                    if flt.match(ev.type, ev.app):
+                        picked.append(ev)
+                picked.reverse()
+            else:
+                picked = picked[-last:] if last else []
+        return Replay(picked, gap)
+
+    async def replay(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:
+        return self.replay_now(since=since, last=last, flt=flt)
+
+    async def close(self) -> None:
+        self._deliver = None
+
+    @property
+    def last_id(self) -> str:
+        return self._last
+
+    @property
+    def retained(self) -> int:
+        return len(self._history)
+
+
+def open_broker(url: str | None, *, history: int, stream: str = "norn:events") -> Broker:
+    """The broker for a `--broker` URL: memory when empty, Redis for redis(s)://."""
+    if not url or url == "memory":
+        return MemoryBroker(history)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from norn_cli.redis_broker import RedisBroker  # imported only when used
+
+        return RedisBroker(url, history=history, stream=stream)
+    raise ValueError(f"unknown broker URL {url!r} (use memory or redis://HOST:PORT/DB)")
