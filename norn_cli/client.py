@@ -1,0 +1,325 @@
+"""Talking to a hub: endpoints, connecting with clear errors, request/reply on /api,
+pipelined publishing, and a subscription that reconnects and resumes from the last id."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from norn_cli.errors import ConfigError, HubUnreachable, OperationFailed, Unauthorized
+from norn_cli.events import dumps, loads
+
+__all__ = ["ApiClient", "Endpoint", "publish_stream", "subscribe"]
+
+Notice = Callable[[str], None]
+MAX_EVENT_FRAME = 1 << 20
+BATCH_BYTES = 60 * 1024  # the hub refuses frames over 64 KiB
+BATCH_EVENTS = 1000
+
+
+class Endpoint:
+    """A hub's address, from any of `ws(s)://`, `http(s)://`, with or without a path."""
+
+    def __init__(self, scheme: str, netloc: str, prefix: str) -> None:
+        self.scheme = scheme  # "ws" or "wss"
+        self.netloc = netloc
+        self.prefix = prefix  # path before /ws and /api, "" or "/something"
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        raw = url.strip()
+        if "://" not in raw:
+            raw = "ws://" + raw
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ConfigError(f"bad hub URL {url!r}: {exc}") from None
+        schemes = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}
+        scheme = schemes.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise ConfigError(f"bad hub URL {url!r}: use ws://HOST:PORT, wss://, http:// or https://")
+        path = parts.path.rstrip("/")
+        for tail in ("/ws", "/api", "/healthz", "/metrics"):
+            if path.endswith(tail):
+                path = path[: -len(tail)]
+                break
+        return cls(scheme, parts.netloc, path)
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "wss"
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.prefix}"
+
+    def ws_url(self, query: dict[str, Any] | Sequence[tuple[str, Any]] | None = None) -> str:
+        q = urlencode(query, doseq=True) if query else ""
+        return urlunsplit((self.scheme, self.netloc, self.prefix + "/ws", q, ""))
+
+    @property
+    def api_url(self) -> str:
+        return urlunsplit((self.scheme, self.netloc, self.prefix + "/api", "", ""))
+
+    def __str__(self) -> str:
+        return self.base
+
+
+def _ssl_context(endpoint: Endpoint, cafile: str | None) -> ssl.SSLContext | None:
+    if not endpoint.secure:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA file {cafile}: {exc}") from None
+
+
+async def open_connection(
+    url: str,
+    endpoint: Endpoint,
+    *,
+    token: str | None = None,
+    cafile: str | None = None,
+    open_timeout: float = 10.0,
+) -> ClientConnection:
+    """Connect to a hub path, turning every failure into one clear NornError."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return await connect(
+            url, additional_headers=headers, ssl=_ssl_context(endpoint, cafile),
+            open_timeout=open_timeout, max_size=MAX_EVENT_FRAME, compression=None,
+            user_agent_header="norn",
+        )  # fmt: skip
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = bytes(exc.response.body or b"").decode(errors="replace").strip()
+        detail = f": {body}" if body else ""
+        if status in (401, 403):
+            raise Unauthorized(f"the hub at {endpoint} refused us (HTTP {status}){detail}") from None
+        raise HubUnreachable(f"the hub at {endpoint} answered HTTP {status}{detail}") from None
+    except InvalidURI as exc:
+        raise ConfigError(f"bad hub URL {url!r}: {exc}") from None
+    except ssl.SSLError as exc:
+        raise HubUnreachable(f"TLS with the hub at {endpoint} failed: {exc.reason or exc}") from None
+    except (OSError, TimeoutError, InvalidHandshake, EOFError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        if isinstance(exc, TimeoutError):
+            reason = "timed out"
+        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {reason}") from None
+
+
+def _raise_for_reply(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise OperationFailed("the hub sent a reply that is not a JSON object", code="internal")
+    if reply.get("ok"):
+        return reply
+    err = reply.get("error") or {}
+    code = str(err.get("code", "internal"))
+    message = str(err.get("message", "the hub refused the request"))
+    if code == "unauthorized":
+        raise Unauthorized(message)
+    raise OperationFailed(message, code=code)
+
+
+class ApiClient:
+    """A connection to `/api`: `async with ApiClient(ep) as api: await api.request({...})`."""
+
+    def __init__(self, endpoint: Endpoint, *, token: str | None = None, cafile: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.cafile = cafile
+        self._ws: ClientConnection | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        self._ws = await open_connection(
+            self.endpoint.api_url, self.endpoint, token=self.token, cafile=self.cafile
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def ws(self) -> ClientConnection:
+        assert self._ws is not None, "use `async with ApiClient(...)`"
+        return self._ws
+
+    async def request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its reply; raise when the hub says no."""
+        try:
+            await self.ws.send(dumps(req).decode())
+            raw = await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise HubUnreachable(f"lost the hub at {self.endpoint}: {_closed_reason(exc)}") from None
+        return _raise_for_reply(loads(raw))
+
+    async def pipeline(
+        self, requests: AsyncIterable[dict[str, Any]] | Iterable[dict[str, Any]], *, window: int = 16
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Send requests without waiting for each reply (at most `window` in flight);
+        yield the replies in order. Stops at the first refusal, raising it."""
+        ws = self.ws
+        slots = asyncio.Semaphore(window)
+        sent = 0
+        done_sending = asyncio.Event()
+
+        async def sender() -> None:
+            nonlocal sent
+            it: Any = requests
+            if isinstance(it, AsyncIterable):
+                async for req in it:
+                    await slots.acquire()
+                    await ws.send(dumps(req).decode())
+                    sent += 1
+            else:
+                for req in it:
+                    await slots.acquire()
+                    await ws.send(dumps(req).decode())
+                    sent += 1
+            done_sending.set()
+
+        task = asyncio.create_task(sender())
+        received = 0
+        try:
+            while True:
+                if done_sending.is_set() and received >= sent:
+                    break
+                recv = asyncio.ensure_future(ws.recv())
+                await asyncio.wait({recv, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not recv.done():
+                    if task.done() and task.exception() is not None:
+                        recv.cancel()
+                        raise task.exception()  # type: ignore[misc]
+                    if done_sending.is_set() and received >= sent:
+                        recv.cancel()
+                        break
+                    raw = await recv
+                else:
+                    raw = recv.result()
+                received += 1
+                slots.release()
+                yield _raise_for_reply(loads(raw))
+            await task
+        except ConnectionClosed as exc:
+            raise HubUnreachable(f"lost the hub at {self.endpoint}: {_closed_reason(exc)}") from None
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+def _batches(events: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Group events into publish requests that stay under the hub's frame limit."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for ev in events:
+        n = len(dumps(ev)) + 1
+        if batch and (size + n > BATCH_BYTES or len(batch) >= BATCH_EVENTS):
+            yield {"op": "publish", "events": batch}
+            batch, size = [], 0
+        batch.append(ev)
+        size += n
+    if batch:
+        yield {"op": "publish", "events": batch}
+
+
+async def publish_stream(api: ApiClient, events: Iterable[dict[str, Any]], *, window: int = 8) -> AsyncIterator[str]:
+    """Publish many events over one connection, batched and pipelined; yield their ids in order."""
+    async for reply in api.pipeline(_batches(events), window=window):
+        for event_id in reply.get("ids", ()):
+            yield event_id
+
+
+def _closed_reason(exc: ConnectionClosed) -> str:
+    rcvd = exc.rcvd
+    if rcvd is None:
+        return "the connection dropped"
+    if rcvd.code == 1013:
+        return "it dropped us as a slow consumer"
+    if rcvd.code == 1001:
+        return "it is shutting down"
+    return f"it closed the connection ({rcvd.code}{' ' + rcvd.reason if rcvd.reason else ''})"
+
+
+def _query(apps: Sequence[str], types: Sequence[str], since: str | None, last: int | None) -> list[tuple[str, Any]]:
+    q: list[tuple[str, Any]] = [("app", a) for a in apps] + [("type", t) for t in types]
+    if since:
+        q.append(("since", since))
+    if last is not None:
+        q.append(("last", last))
+    return q
+
+
+async def subscribe(
+    endpoint: Endpoint,
+    *,
+    apps: Sequence[str] = (),
+    types: Sequence[str] = (),
+    since: str | None = None,
+    last: int | None = None,
+    reconnect: bool = True,
+    cafile: str | None = None,
+    on_notice: Notice | None = None,
+    give_up_after: float | None = None,
+    backoff: tuple[float, float] = (0.2, 5.0),
+) -> AsyncIterator[dict[str, Any]]:
+    """Stream envelopes from `/ws`, filtered by the hub.
+
+    After a lost connection (restart, network, a slow-consumer drop) it
+    reconnects with exponential backoff and jitter and resumes from the last
+    id it yielded, so nothing still retained is lost or repeated. The first
+    connection failing, `reconnect=False`, or `give_up_after` seconds without
+    a connection raise HubUnreachable.
+    """
+    notice = on_notice or (lambda _msg: None)
+    last_id = since
+    connected_once = False
+    delay = backoff[0]
+    lost_at: float | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        url = endpoint.ws_url(_query(apps, types, last_id, last if last_id is None else None))
+        try:
+            ws = await open_connection(url, endpoint, cafile=cafile)
+        except HubUnreachable as exc:
+            if not connected_once or not reconnect:
+                raise
+            if give_up_after is not None and lost_at is not None and loop.time() - lost_at > give_up_after:
+                raise HubUnreachable(f"{exc.message}; gave up after {give_up_after:g}s") from None
+            pause = delay * (0.5 + random.random())
+            notice(f"{exc.message}; retrying in {pause:.1f}s")
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, backoff[1])
+            continue
+        if connected_once:
+            notice(f"reconnected to {endpoint}" + (f", resuming after {last_id}" if last_id else ""))
+        connected_once = True
+        delay = backoff[0]
+        lost_at = None
+        try:
+            async for raw in ws:
+                env = loads(raw)
+                if isinstance(env, dict):
+                    event_id = env.get("id")
+                    if isinstance(event_id, str) and event_id:
+                        last_id = event_id
+                    yield env
+            reason = _closed_reason(ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent))
+        except ConnectionClosed as exc:
+            reason = _closed_reason(exc)
+        except ValueError:
+            reason = "it sent a frame that is not JSON"
+        finally:
+            await ws.close()
+        if not reconnect:
+            raise HubUnreachable(f"lost the hub at {endpoint}: {reason}")
+        lost_at = loop.time()
+        notice(f"lost the hub at {endpoint} ({reason}); reconnecting")
