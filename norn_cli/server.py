@@ -82,6 +82,11 @@ def _response(status: int, reason: str, body: bytes, ctype: str) -> Response:
     return Response(status, reason, headers, body)
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
@@ -114,7 +119,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.srv.conns.add(self)
@@ -126,7 +131,7 @@ class _Conn(asyncio.Protocol):
         for ev in proto.events_received():
             if isinstance(ev, Request):
                 self._on_request(ev)
-            else:
+            elif isinstance(ev, Frame):
                 self._on_frame(ev)
         self._pump()
 
@@ -470,8 +475,8 @@ class HubServer:
             conn.close(code, reason)
         deadline = self.loop.time() + self.close_timeout
         while self.conns and self.loop.time() < deadline:
-            waiter = self.loop.create_future()
-            self.loop.call_later(0.02, lambda f=waiter: f.done() or f.set_result(None))
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self.loop.call_later(0.02, _resolve, waiter)
             await waiter
         for conn in list(self.conns):
             conn._abort()
