@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gc
 import hmac
 import ipaddress
 import logging
@@ -33,7 +34,7 @@ from norn_cli.hub import Hub, Member
 from norn_cli.origin import origin_allowed
 from norn_cli.wire import text_frame
 
-__all__ = ["HubServer", "OpHandler", "is_loopback_host", "run_until_signalled", "tls_context"]
+__all__ = ["HubServer", "OpHandler", "is_loopback_host", "run_until_signalled", "settle_gc", "tls_context"]
 
 log = logging.getLogger("norn.server")
 _ws_log = logging.getLogger("norn.ws")  # websockets' own chatter, quiet unless debugging
@@ -654,6 +655,23 @@ class HubServer:
                 conn._pump()
 
 
+def settle_gc() -> None:
+    """Tune the cyclic GC for a long-running hub process (once, after startup).
+
+    Events and connections free themselves by reference counting; what the
+    collector scans is mostly long-lived: the modules loaded at startup, the
+    retained history and the connections. Full collections of all that took
+    up to 25 ms with 1,000 subscribers, a stall for every subscriber. So the
+    startup objects are frozen out of every later collection, and full
+    collections come ten times less often (cyclic garbage of closed
+    connections still goes, a little later).
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 100)
+
+
 async def run_until_signalled(srv: HubServer, ready: Callable[[HubServer], None]) -> None:
     """Serve until SIGINT or SIGTERM, then close every client with 1001."""
     import signal
@@ -661,6 +679,7 @@ async def run_until_signalled(srv: HubServer, ready: Callable[[HubServer], None]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     await srv.start()
+    settle_gc()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
