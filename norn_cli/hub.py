@@ -109,13 +109,11 @@ class Hub:
         dirty = self._dirty
         by_app = self._by_app
         for ev in events:
-            frame = b""
+            frame = ev.frame
             etype = ev.type
             for groups in (self._any_app, by_app.get(ev.app, ())):
                 for g in groups:
                     if g.flt.types is None or g.flt.match_type(etype):
-                        if not frame:
-                            frame = text_frame(ev.data)
                         if not g.batch:
                             dirty.append(g)
                         g.batch.append(frame)
@@ -227,11 +225,11 @@ class Hub:
             )))  # fmt: skip
         mark = since or (0, -1)
         for ev in replay.events:
-            parts.append(text_frame(ev.data))
+            parts.append(ev.frame)
             mark = ev.key
         for ev in held:
             if ev.key > mark:
-                parts.append(text_frame(ev.data))
+                parts.append(ev.frame)
         self.flush()
         if parts:
             m.sink.write(b"".join(parts))
