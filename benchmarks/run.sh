@@ -2,12 +2,13 @@
 # The scenario set of benchmarks/README.md: norn against the Go reference hub
 # (shared/bench), same machine, interleaved. Prints figures; asserts nothing.
 #
-#   benchmarks/run.sh [OUTDIR]            # everything (~25 min on 2 cores)
+#   benchmarks/run.sh [OUTDIR]            # everything (~35 min on 2 cores)
 #   ONLY="compare idle" benchmarks/run.sh # some groups
 #
 # Groups (ONLY, default all):
 #   compare   run_compare.sh SAT=1 at SUBS=100, SUBS=1000 and SUBS=1 (REPS each)
 #   asyncio   run_compare.sh at SUBS=100 with NORN_LOOP=asyncio (uvloop off)
+#   pinned    run_compare.sh PIN=1 at SUBS=100 and 1000 (a core per hub, one for loadgen)
 #   stalled   loadgen -subs 100 -events 60000 -lag 32 -stalled 10, both hubs
 #   idle      loadgen -mode idle -subs 10000, both hubs, each freshly started
 #   cli       `norn --help`, `norn emit` and `norn serve` start-up wall times
@@ -28,7 +29,7 @@ OUTDIR=${1:-$ROOT/benchmarks/results/$(date +%Y%m%d-%H%M%S)}
 REPS=${REPS:-3}
 PORT=${PORT:-8800}
 REF_PORT=${REF_PORT:-18860}
-ONLY=${ONLY:-compare asyncio stalled idle cli}
+ONLY=${ONLY:-compare asyncio pinned stalled idle cli}
 WORK=${NORN_BENCH_DIR:-/tmp/norn-bench}
 LG=$WORK/bin/loadgen
 PY=${PYTHON:-python3}
@@ -121,6 +122,12 @@ for group in $ONLY; do
     asyncio)
       COMPARE_ENV=("PIN=${PIN:-0}" "SUBS=100"); compare compare-100-asyncio NORN_LOOP=asyncio
       ;;
+    pinned) # each hub on cpu0, the load generator on cpu1
+      SAVED_TS=("${HUB_TS[@]}"); HUB_TS=(taskset -c 0)
+      COMPARE_ENV=("PIN=1" "SUBS=100"); compare compare-100-pinned
+      COMPARE_ENV=("PIN=1" "SUBS=1000"); compare compare-1000-pinned
+      HUB_TS=("${SAVED_TS[@]}")
+      ;;
     stalled)
       echo "== stalled" >&2
       start_ref
@@ -163,7 +170,8 @@ rows = {
     "norn --help": wall([*norn, "--help"]),
     # EMIT_PYTHONPATH: measure `norn emit` from another checkout (e.g. before a merge)
     "norn emit": wall([*norn, "--url", url, "emit", "deploy.step", "--app", "bench", "-p", "step=build", "-p", "status=building"],
-                      env={**os.environ, "PYTHONPATH": os.environ.get("EMIT_PYTHONPATH") or os.environ["PYTHONPATH"]}),
+                      env={**os.environ, "PYTHONPATH": os.environ.get("EMIT_PYTHONPATH") or os.environ["PYTHONPATH"]},
+                      cwd=os.environ.get("EMIT_PYTHONPATH") or None),
     "python -c pass": wall([sys.executable, "-c", "pass"]),
 }
 starts = []

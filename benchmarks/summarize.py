@@ -40,6 +40,10 @@ def _num(v: float | None, unit: str = "", digits: int = 0) -> str:
     return f"{v:,.{digits}f}{unit}"
 
 
+def _subs(n: int) -> str:
+    return f"{n:,} subscriber{'s' if n != 1 else ''}"
+
+
 def _ratio(c: float | None, r: float | None) -> str:
     return f"{c / r:.2f}x" if c and r else "n/a"
 
@@ -65,13 +69,13 @@ def summarize(out: Path) -> str:
         if not rows:
             continue
         c, r = _med(rows, "cand-tput", eps), _med(rows, "ref-tput", eps)
-        add(f"delivered events/s, {subs:,} subscriber{'s' if subs > 1 else ''}", _num(c), _num(r), _ratio(c, r))
+        add(f"delivered events/s, {_subs(subs)}", _num(c), _num(r), _ratio(c, r))
         if subs == 1:
             c, r = _med(rows, "cand-tput", lambda x: x["publish_eps"]), _med(rows, "ref-tput", lambda x: x["publish_eps"])
             add("one publisher's acked events/s (1 subscriber)", _num(c), _num(r), _ratio(c, r))
-        rate = 20000 // subs
+        rate = min(2000, 20000 // subs)  # as run_compare.sh sizes its rate scenario
         c, r = _med(rows, "cand-rate", p99), _med(rows, "ref-rate", p99)
-        add(f"p99 latency, {subs:,} subscribers at {rate:,} events/s", _num(c, " ms", 2), _num(r, " ms", 2), _ratio(c, r))
+        add(f"p99 latency, {_subs(subs)} at {rate:,} events/s", _num(c, " ms", 2), _num(r, " ms", 2), _ratio(c, r))
         sat = [x for x in rows if x.get("label") == "cand-sat"]
         if sat:
             def comp(x: Row) -> Any:
@@ -83,14 +87,23 @@ def summarize(out: Path) -> str:
             cs, rs = _med(rows, "cand-sat", comp), _med(rows, "ref-sat", comp)
             cd, rd = _med(rows, "cand-sat", drops), _med(rows, "ref-sat", drops)
             add(
-                f"saturation, {subs:,} subscribers: completeness (dropped)",
+                f"saturation, {_subs(subs)}: completeness (dropped)",
                 f"{_num(cs, digits=3)} ({_num(cd)})",
                 f"{_num(rs, digits=3)} ({_num(rd)})",
             )
         healthy = [x for x in rows if str(x.get("label", "")).startswith("cand-") and not x.get("errors")]
         worst = min((x.get("completeness", 0) for x in healthy), default=None)
         dropped = sum(x.get("dropped_subs", 0) for x in healthy)
-        add(f"norn, {subs:,} subscribers, every run: min completeness / healthy dropped", f"{_num(worst, digits=3)} / {dropped}", "", "")
+        add(f"norn, {_subs(subs)}, every run: min completeness / healthy dropped", f"{_num(worst, digits=3)} / {dropped}", "", "")
+
+    for subs in (100, 1000):
+        rows = _rows(out / f"compare-{subs}-pinned.jsonl")
+        if rows:
+            c, r = _med(rows, "cand-tput", eps), _med(rows, "ref-tput", eps)
+            add(f"pinned (PIN=1): delivered events/s, {_subs(subs)}", _num(c), _num(r), _ratio(c, r))
+            rate = min(2000, 20000 // subs)
+            c, r = _med(rows, "cand-rate", p99), _med(rows, "ref-rate", p99)
+            add(f"pinned (PIN=1): p99 latency, {_subs(subs)} at {rate:,} events/s", _num(c, " ms", 2), _num(r, " ms", 2), _ratio(c, r))
 
     rows = _rows(out / "compare-100-asyncio.jsonl")
     if rows:
