@@ -44,11 +44,11 @@ def _count(n: float) -> str:
 def summary_table(result: BenchResult) -> Table:
     """The figures of one run, one row each."""
     cfg = result.config
-    rate = f", offered {cfg.rate:,.0f}/s" if cfg.rate else ""
+    rate = f"offered {cfg.rate:,.0f} events/s" if cfg.rate else "as fast as acks allow"
     where = f" ({result.embedded} hub)" if result.embedded else ""
     title = (
         f"{cfg.subs} subscribers, {cfg.pubs} publisher{'s' if cfg.pubs != 1 else ''}, "
-        f"{cfg.events:,} events of ~{cfg.size} B{rate}\n{result.url}{where}, {result.loop} loop"
+        f"{cfg.events:,} events of ~{cfg.size} B\n{rate}; {result.url}{where}, {result.loop} loop"
     )
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("measure")
@@ -69,7 +69,10 @@ def summary_table(result: BenchResult) -> Table:
         ("latency max", f"{lat['max']:.3f} ms"),
     ]
     if cfg.stalled:
-        rows.append(("stalled subscribers closed", _drops(result.stalled_closed, result.stalled_codes, of=cfg.stalled)))
+        closed = _drops(result.stalled_closed, result.stalled_codes, of=cfg.stalled)
+        if result.stalled_closed < cfg.stalled:
+            closed += " (the rest fit in kernel buffers: send more bytes)"
+        rows.append(("stalled subscribers closed", closed))
     if result.publish_errors:
         rows.append(("publish errors", f"[red]{result.publish_errors:,}[/]"))
     if result.out_of_order:
