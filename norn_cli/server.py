@@ -102,7 +102,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "srv", "transport", "proto", "kind", "member", "seen", "ping_due", "requests",
-        "wake", "worker", "fragments", "paused_reading", "closing", "peer", "fast", "inbuf",
+        "wake", "worker", "fragments", "paused_reading", "closing", "peer", "fast", "inbuf", "need",
     )  # fmt: skip
 
     def __init__(self, srv: HubServer) -> None:
@@ -121,7 +121,8 @@ class _Conn(asyncio.Protocol):
         self.closing = False
         self.peer = ""
         self.fast = False  # /api frames parsed by _fast_frames, not websockets
-        self.inbuf = b""  # a partial frame held by _fast_frames
+        self.inbuf: bytearray | None = None  # a partial frame held by _fast_frames
+        self.need = 0  # bytes inbuf must hold before parsing it again
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -333,8 +334,13 @@ class _Conn(asyncio.Protocol):
         frame's first byte on; websockets has seen nothing since the
         handshake, so it resumes at a frame boundary.
         """
-        if self.inbuf:
-            data, self.inbuf = self.inbuf + data, b""
+        if self.inbuf is not None:
+            # Append, and parse again only once the frame can be whole, so a
+            # frame trickling in byte by byte costs linear time.
+            self.inbuf += data
+            if len(self.inbuf) < self.need:
+                return b""
+            data, self.inbuf = bytes(self.inbuf), None
         n = len(data)
         pos = 0
         max_size = self.srv.max_size
@@ -343,33 +349,27 @@ class _Conn(asyncio.Protocol):
                 return b""
             if self.closing or self.proto.state is not OPEN:
                 break
-            if n - pos < 6:
-                self.inbuf = data[pos:]
-                return b""
+            if n - pos < 2:
+                return self._hold(data, pos, 2)
             b0 = data[pos]
             b1 = data[pos + 1]
             length = b1 & 0x7F
-            head = pos + 6
-            if length == 126:
-                if n - pos < 8:
-                    self.inbuf = data[pos:]
-                    return b""
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                head = pos + 8
-            elif length == 127:
-                if n - pos < 14:
-                    self.inbuf = data[pos:]
-                    return b""
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                head = pos + 14
-            if not b1 & 0x80 or length > max_size:
-                break  # unmasked or too big: websockets closes with 1002 / 1009
+            if not b1 & 0x80:
+                break  # unmasked: websockets closes with 1002
             if b0 != 0x81 and not ((b0 == 0x89 or b0 == 0x8A) and length <= 125):
                 break  # not a final text frame, ping or pong
+            head = pos + (6 if length < 126 else 8 if length == 126 else 14)
+            if n < head:
+                return self._hold(data, pos, head - pos)
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if length > max_size:
+                break  # too big: websockets closes with 1009
             end = head + length
             if end > n:
-                self.inbuf = data[pos:]
-                return b""
+                return self._hold(data, pos, end - pos)
             payload = apply_mask(data[head:end], data[head - 4 : head])
             pos = end
             if b0 == 0x81:
@@ -381,6 +381,12 @@ class _Conn(asyncio.Protocol):
                 self.ping_due = False
         self.fast = False
         return data[pos:]
+
+    def _hold(self, data: bytes, pos: int, need: int) -> bytes:
+        """Keep a partial frame from `pos` until `need` bytes of it are here."""
+        self.inbuf = bytearray(data[pos:])
+        self.need = need
+        return b""
 
     def _enqueue(self, item: bytes | Exception) -> None:
         assert self.requests is not None

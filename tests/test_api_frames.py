@@ -107,6 +107,19 @@ async def test_pipelined_requests_split_anywhere(hub: HubServer) -> None:
     await raw.close()
 
 
+async def test_frames_trickling_in(hub: HubServer) -> None:
+    """Small frames a byte at a time and a 20 KB frame in 97-byte pieces are each read whole."""
+    raw = await Raw.open(hub)
+    await raw.send(publish(1) + frame(0x9, b"p"), split=1)
+    assert (await raw.reply())["ok"] is True
+    assert await raw.recv() == (0xA, b"p")
+    big = frame(0x1, json.dumps({"op": "publish", "event": {"type": "t.k", "appId": "a", "payload": {"pad": "x" * 20000}}}).encode())
+    await raw.send(big, split=97)
+    assert (await raw.reply())["ok"] is True
+    assert [c.fast for c in hub.conns if c.kind == "api"] == [True]
+    await raw.close()
+
+
 async def test_ping_gets_pong_and_pong_is_quiet(hub: HubServer) -> None:
     """A client ping is answered with the same payload; a pong is swallowed."""
     raw = await Raw.open(hub)
@@ -153,7 +166,7 @@ async def test_oversize_frame_closes_1009(hub: HubServer) -> None:
 async def test_unmasked_frame_closes_1002(hub: HubServer) -> None:
     """A client frame without a mask is a protocol error: close 1002."""
     raw = await Raw.open(hub)
-    await raw.send(frame(0x1, b'{"op":"status"}', masked=False))
+    await raw.send(frame(0x1, b"", masked=False))  # two bytes: refused at once
     op, data = await raw.recv()
     assert op == 0x8 and struct.unpack("!H", data[:2])[0] == 1002
     await raw.close()
