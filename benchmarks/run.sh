@@ -130,9 +130,9 @@ for group in $ONLY; do
       ;;
     stalled)
       echo "== stalled" >&2
-      start_ref
       for rep in $(seq "$REPS"); do
         start_norn
+        start_ref
         loadgen "cand-stalled" "ws://127.0.0.1:$PORT" "$NORN_PID" -subs 100 -events 60000 -lag 32 -stalled 10 -timeout 120s
         loadgen "ref-stalled" "ws://127.0.0.1:$REF_PORT" "$REF_PID" -subs 100 -events 60000 -lag 32 -stalled 10 -timeout 120s
       done

@@ -136,8 +136,13 @@ def summarize(out: Path) -> str:
             f"{_num(_med(lg, 'cand-stalled', closed))} ({codes('cand-stalled')})",
             f"{_num(_med(lg, 'ref-stalled', closed))} ({codes('ref-stalled')})",
         )
+        def growth(x: Row) -> Any:
+            return (x["hub_rss_kb_peak"] - x["hub_rss_kb_before"]) / 1024
+
         c, r = _med(lg, "cand-stalled", peak), _med(lg, "ref-stalled", peak)
         add("10 stalled subscribers: hub peak RSS", _num(c, " MiB", 1), _num(r, " MiB", 1), _ratio(c, r))
+        c, r = _med(lg, "cand-stalled", growth), _med(lg, "ref-stalled", growth)
+        add("10 stalled subscribers: hub RSS growth during the run", _num(c, " MiB", 1), _num(r, " MiB", 1), _ratio(c, r))
         add(
             "10 stalled subscribers: healthy completeness",
             _num(_med(lg, "cand-stalled", comp), digits=3),
