@@ -89,13 +89,18 @@ class Broker(abc.ABC):
 
 
 class IdClock:
-    """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back."""
+    """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back.
 
-    __slots__ = ("_ms", "_seq")
+    The first id is in a millisecond after the clock's creation, so it is
+    above every id issued by a process that stopped before this one began.
+    """
+
+    __slots__ = ("_ms", "_seq", "floor")
 
     def __init__(self) -> None:
-        self._ms = 0
+        self._ms = int(time.time() * 1000) + 1
         self._seq = -1
+        self.floor: EventId = (self._ms, -1)  # below every id this clock issues
 
     def next(self) -> tuple[EventId, int]:
         now = int(time.time() * 1000)
@@ -122,8 +127,8 @@ class MemoryBroker(Broker):
         self._size = history
         self._clock = IdClock()
         # Every event after `_floor` is retained: it is the last evicted
-        # event, or the instant this broker was made.
-        self._floor: EventId = (int(time.time() * 1000), -1)
+        # event, or just below the first id this broker issues.
+        self._floor: EventId = self._clock.floor
         self._deliver: Deliver | None = None
         self._last = ""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from norn_cli.errors import EventError
 
+_orjson: Any
 try:  # orjson is an optional speed-up; the stdlib is the fallback.
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent

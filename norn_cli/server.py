@@ -113,7 +113,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.srv.conns.add(self)
@@ -125,7 +125,7 @@ class _Conn(asyncio.Protocol):
         for ev in proto.events_received():
             if isinstance(ev, Request):
                 self._on_request(ev)
-            else:
+            elif isinstance(ev, Frame):
                 self._on_frame(ev)
         self._pump()
 
@@ -137,6 +137,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
         srv.conns.discard(self)
+        if not srv.conns and srv.all_closed is not None:
+            srv.all_closed.set()
         if self.member is not None:
             srv.hub.leave(self.member)
             log.info("subscriber %s disconnected", self.peer)
@@ -325,22 +327,32 @@ class _Conn(asyncio.Protocol):
                 self.wake = None
             replies: list[bytes] = []
             while requests:
+                if hub.congested:
+                    # A subscriber is behind but may still be draining: deliver
+                    # and ack what we have, then hold this publisher for it.
+                    self._answer(replies)
+                    replies = []
+                    await hub.wait_for_room(loop.time())
+                    if not requests:
+                        break
                 item = requests.popleft()
                 if isinstance(item, Exception):
                     srv.count_op("invalid")
                     replies.append(dumps(_error_reply("bad_request", str(item))))
                 else:
                     replies.append(dumps(await srv.handle(item)))
-            hub.flush()
-            if self.proto.state is OPEN and not self.closing:
-                for reply in replies:
-                    self.proto.send_text(reply)
-                self._pump()
+            self._answer(replies)
             if self.paused_reading:
                 self.paused_reading = False
                 self.transport.resume_reading()
-            if hub.congested:
-                await hub.wait_for_room(loop.time())
+
+    def _answer(self, replies: list[bytes]) -> None:
+        """Send queued events to subscribers first, then the acks, in one write."""
+        self.srv.hub.flush()
+        if replies and self.proto.state is OPEN and not self.closing:
+            for reply in replies:
+                self.proto.send_text(reply)
+            self._pump()
 
 
 def _parse_subscription(query: str) -> tuple[Filter, Any, int | None]:
@@ -404,6 +416,7 @@ class HubServer:
         self.ops: dict[str, OpHandler] = dict(ops or {})
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[_Conn] = set()
+        self.all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
         self.api_conns = 0
         self.op_counts: dict[str, int] = {}
         self.started = time.time()
@@ -465,11 +478,13 @@ class HubServer:
         conns = list(self.conns)
         for conn in conns:
             conn.close(code, reason)
-        deadline = self.loop.time() + self.close_timeout
-        while self.conns and self.loop.time() < deadline:
-            waiter = self.loop.create_future()
-            self.loop.call_later(0.02, lambda f=waiter: f.done() or f.set_result(None))
-            await waiter
+        if self.conns:
+            self.all_closed = asyncio.Event()
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    await self.all_closed.wait()
+            except TimeoutError:
+                pass
         for conn in list(self.conns):
             conn._abort()
         await self.broker.close()
