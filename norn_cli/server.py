@@ -200,10 +200,8 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
-        elif self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()  # a no-op once the connection is gone
 
     # -------------------------------------------------------- handshake
 
