@@ -15,7 +15,7 @@ from norn_cli.errors import EventError
 try:  # orjson is an optional speed-up; the stdlib is the fallback.
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "CATALOGUE",

@@ -113,7 +113,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.srv.conns.add(self)
@@ -126,7 +126,7 @@ class _Conn(asyncio.Protocol):
             if isinstance(ev, Request):
                 self._on_request(ev)
             else:
-                self._on_frame(ev)
+                self._on_frame(ev)  # type: ignore[arg-type]  # a server only receives frames
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -468,7 +468,7 @@ class HubServer:
         deadline = self.loop.time() + self.close_timeout
         while self.conns and self.loop.time() < deadline:
             waiter = self.loop.create_future()
-            self.loop.call_later(0.02, lambda f=waiter: f.done() or f.set_result(None))
+            self.loop.call_later(0.02, lambda f=waiter: f.done() or f.set_result(None))  # type: ignore[misc]
             await waiter
         for conn in list(self.conns):
             conn._abort()
