@@ -6,8 +6,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -124,17 +124,23 @@ def pipeline_argv(*args: str) -> list[str]:
         return [sys.executable, "-c", boot, *args]
 
 
-def runner_hub(toml: str, workdir: Path, **options: Any) -> ThreadHub:
-    """A hub in a thread with a runner for `toml`'s apps."""
+@contextmanager
+def runner_hub(toml: str, workdir: Path, **options: Any) -> Iterator[ThreadHub]:
+    """A hub in a thread with a runner for `toml`'s apps; its loop is closed afterwards."""
     th = ThreadHub(history=1000).start()
-    assert th.server is not None
-    server = th.server
+    try:
+        assert th.server is not None
+        server = th.server
 
-    async def attach() -> None:
-        runner_on(server, toml, workdir, **options)
+        async def attach() -> None:
+            runner_on(server, toml, workdir, **options)
 
-    th.call(attach())
-    return th
+        th.call(attach())
+        yield th
+    finally:
+        th.stop()
+        with suppress(RuntimeError):  # still running if the thread did not stop in time
+            th.loop.close()
 
 
 __all__ = [
