@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.machinery import PathFinder
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -112,16 +113,15 @@ async def wait_dead(pid: int) -> None:
 
 def pipeline_argv(*args: str) -> list[str]:
     """argv running this checkout's `norn`, with the stand-in client while the real one is missing."""
-    try:
-        import norn_cli.client  # noqa: F401
+    import norn_cli
 
+    if PathFinder.find_spec("norn_cli.client", norn_cli.__path__) is not None:  # not sys.modules
         return norn_argv(*args)
-    except ImportError:
-        boot = (
-            "import sys; sys.path.insert(0, %r); import _client_standin; _client_standin.install(); "
-            "from norn_cli.cli import main; sys.argv[0] = 'norn'; main()"
-        ) % str(TESTS)
-        return [sys.executable, "-c", boot, *args]
+    boot = (
+        "import sys; sys.path.insert(0, %r); import _client_standin; _client_standin.install(); "
+        "from norn_cli.cli import main; sys.argv[0] = 'norn'; main()"
+    ) % str(TESTS)
+    return [sys.executable, "-c", boot, *args]
 
 
 @contextmanager

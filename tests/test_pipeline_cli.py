@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TIMEOUT, norn_env
 from pipeline_support import pipeline_argv, runner_hub
+from websockets.sync.client import connect
 
 APPS = """
 [apps.web]
@@ -171,3 +172,28 @@ def test_serve_with_config_then_deploy(tmp_path: Path) -> None:
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(TIMEOUT)
+
+
+def test_attach_renders_a_norn_style_run(hub_url: str) -> None:
+    """A run published by someone else (no runId, Norn's statuses) is found and shown by --attach."""
+    start = "2027-01-15T08:00:00.000Z"
+    events = [
+        {"type": "deploy.queued", "appId": "norn-ui", "payload": {"id": "d-7", "app": "norn-ui", "commitSha": "f00d",
+                                                                  "status": "pending", "steps": ["build", "deploy"], "startedAt": start}},
+        {"type": "deploy.step", "appId": "norn-ui", "payload": {"step": "build", "status": "building"}},
+        {"type": "deploy.step", "appId": "norn-ui", "payload": {"step": "deploy", "status": "deployed", "durationMs": "1200"}},
+        {"type": "deploy.completed", "appId": "norn-ui", "payload": {"id": "d-7", "app": "norn-ui", "commitSha": "f00d",
+                                                                     "status": "complete", "steps": ["build", "deploy"], "startedAt": start}},
+    ]  # fmt: skip
+    published = norn("--url", hub_url, "watch", "d-7")
+    assert (published.returncode, published.stderr) == (1, "norn: no run d-7 is known to the hub\n")
+    with connect(hub_url + "/api") as api:
+        api.send(json.dumps({"op": "publish", "events": events}))
+        assert json.loads(api.recv(TIMEOUT))["ok"] is True
+    result = norn("--url", hub_url, "deploy", "norn-ui", "--attach")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "deploy norn-ui @ f00d  run d-7: build, deploy"
+    assert re.sub(r" in \d+ms", "", "\n".join(lines[1:4])) == "build: building\nbuild: completed\ndeploy: deployed in 1.2s"
+    assert re.fullmatch(r"deploy of norn-ui completed in .+", lines[4])
+

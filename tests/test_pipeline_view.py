@@ -150,8 +150,8 @@ def test_plain_lines_for_a_norn_style_run() -> None:
     assert out.getvalue().splitlines() == [
         "deploy web",
         "build: building",
-        "ship: deployed in 2.5s",
         "build: completed in 3.0s",
+        "ship: deployed in 2.5s",
         "deploy of web completed in 3.0s",
     ]
 

@@ -194,7 +194,8 @@ class RunState:
                 return  # output of a step under way (or late output) changes nothing else
         if phase == RUNNING and step.phase != RUNNING:
             step.started = ts
-            # Norn-style runs only say when a step starts: the ones before it are over.
+        if step.phase == PENDING and phase != PENDING:
+            # Norn-style runs may only say when a step starts: the ones before it are over.
             for other in self.steps.values():
                 if other is step:
                     break
