@@ -216,7 +216,11 @@ class Runner:
     async def _latest_queued(self, flt: Filter, run_id: str | None) -> Event | None:
         replay = await self.hub.broker.replay(since=(0, 0), last=None, flt=flt)  # all retained
         for ev in reversed(replay.events):
-            if run_id is None or ev.envelope()["payload"].get("runId") == run_id:
+            if run_id is None:
+                return ev
+            payload = ev.envelope()["payload"]
+            # Norn's own deploys have no runId: their Deployment id names them.
+            if payload.get("runId") == run_id or (ev.type == "deploy.queued" and payload.get("id") == run_id):
                 return ev
         return None
 

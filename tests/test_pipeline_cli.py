@@ -192,6 +192,7 @@ def test_attach_renders_a_norn_style_run(hub_url: str) -> None:
         assert json.loads(api.recv(TIMEOUT))["ok"] is True
     result = norn("--url", hub_url, "deploy", "norn-ui", "--attach")
     assert result.returncode == 0, result.stderr
+    assert norn("--url", hub_url, "watch", "d-7").stdout == result.stdout  # the Deployment's id names it
     lines = result.stdout.splitlines()
     assert lines[0] == "deploy norn-ui @ f00d  run d-7: build, deploy"
     assert re.sub(r" in \d+ms", "", "\n".join(lines[1:4])) == "build: building\nbuild: completed\ndeploy: deployed in 1.2s"
