@@ -156,8 +156,8 @@ def serve(
     from norn_cli import server
     from norn_cli.broker import open_broker
     from norn_cli.config import find_config, load_config
-    from norn_cli.pipeline import attach_runner
     from norn_cli.origin import parse_origins
+    from norn_cli.pipeline import attach_runner
 
     origins = parse_origins([*allowed_origins, os.environ.get("NORN_ALLOWED_ORIGINS", "")])
     if keyfile and not certfile:
@@ -225,7 +225,7 @@ def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool,
 @_run_options
 @click.pass_obj
 def deploy(settings: Settings, app: str, ref: str | None, attach: bool, as_json: bool) -> None:
-    """Deploy APP at REF (default: the app's `ref`, else HEAD) and watch it live.
+    """Deploy APP at REF (default: the app's configured ref, else HEAD) and watch it live.
 
     \b
     Example:

@@ -8,7 +8,7 @@ record on the hub; the hub replays what came before, then goes live.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,7 +106,7 @@ async def find_run(
 
 
 async def run_events(
-    url: str, target: Target, *, cafile: str | None = None, on_notice: Any = None
+    url: str, target: Target, *, cafile: str | None = None, on_notice: Callable[[str], None] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """The run's envelopes (and any `hub.gap`), replayed then live, ending with its last event."""
     where: dict[str, Any] = {"since": target.since} if target.since else {"last": EVERYTHING}

@@ -6,15 +6,17 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TIMEOUT
 from pipeline_support import api, milestones, output_of, runner_on, subscribed, wait_dead
 
 from norn_cli.events import validate_event
 from norn_cli.pipeline import CANCELLED, OUTPUT_MAX_CHARS
 from norn_cli.server import HubServer
 
-APPS = """
+STEP_TIMEOUT = TIMEOUT / 10  # long enough for the step to start its grandchild, even on a slow machine
+APPS = f"""
 [apps.web]
-env = { IMAGE = "web" }
+env = {{ IMAGE = "web" }}
 
 [[apps.web.deploy]]
 name = "build"
@@ -53,12 +55,12 @@ run = "true"
 [[apps.tree.deploy]]
 name = "spawn"
 run = "sh -c 'sleep 30 & echo grandchild $!; wait'"
-timeout = 0.5
+timeout = {STEP_TIMEOUT:g}
 
 [apps.chatty]
 [[apps.chatty.deploy]]
 name = "spew"
-run = "i=0; while [ $i -lt 3000 ]; do echo line $i of output; i=$((i+1)); done"
+run = "i=0; while [ $i -lt 3000 ]; do echo line $i of output; i=$(($i+1)); done"
 
 [apps.lone]
 """
@@ -196,8 +198,8 @@ async def test_timeout_kills_the_process_tree(hub: HubServer, workdir: Path) -> 
     (line,) = output_of(seen, "spawn")
     grandchild = int(re.fullmatch(r"grandchild (\d+)", line).group(1))  # type: ignore[union-attr]
     step = [e for e in seen if e["payload"].get("status") == "failed" and e["type"] == "deploy.step"]
-    assert step[0]["payload"]["error"] == "timed out after 0.5s"
-    assert seen[-1]["payload"]["error"] == "timed out after 0.5s" and seen[-1]["payload"]["step"] == "spawn"
+    assert step[0]["payload"]["error"] == f"timed out after {STEP_TIMEOUT:g}s"
+    assert seen[-1]["payload"]["error"] == step[0]["payload"]["error"] and seen[-1]["payload"]["step"] == "spawn"
     await wait_dead(grandchild)
 
 
