@@ -464,8 +464,9 @@ class _Tail:
 
     def feed(self, data: bytes) -> None:
         *lines, partial = (self._partial + self._decoder.decode(data)).replace("\r\n", "\n").split("\n")
-        if "\r" in partial:  # a progress bar redrawing its line: keep what a terminal shows
-            partial = partial.rsplit("\r", 1)[1]
+        cut = partial.rfind("\r", 0, len(partial) - 1)  # a final \r may be half of \r\n
+        if cut >= 0:  # a progress bar redrawing its line: keep what a terminal shows
+            partial = partial[cut + 1 :]
         if len(partial) > LINE_MAX:
             lines.append(partial)
             partial = ""

@@ -10,7 +10,7 @@ from conftest import TIMEOUT
 from pipeline_support import api, milestones, output_of, runner_on, subscribed, wait_dead
 
 from norn_cli.events import validate_event
-from norn_cli.pipeline import CANCELLED, OUTPUT_MAX_CHARS
+from norn_cli.pipeline import CANCELLED, OUTPUT_MAX_CHARS, _Tail
 from norn_cli.server import HubServer
 
 STEP_TIMEOUT = TIMEOUT / 10  # long enough for the step to start its grandchild, even on a slow machine
@@ -245,3 +245,15 @@ async def test_runinfo_finds_runs(hub: HubServer, workdir: Path) -> None:
     published = await api(hub, {"op": "publish", "event": {"type": "forge.queued", "appId": "norn-ui", "payload": {"app": "norn-ui"}}})
     other = await api(hub, {"op": "runinfo", "app": "norn-ui", "kind": "forge"})
     assert (other["runId"], other["id"], other["kind"]) == (None, published["id"], "forge")
+
+
+async def test_output_lines_are_cut_as_a_terminal_shows_them() -> None:
+    """Lines split across reads, CRLF, progress bars redrawn with CR, UTF-8 split mid-character."""
+    tail = _Tail(max_chars=40)
+    for chunk in (b"one\r", b"\ntw", b"o\n10%\r50%", b"\r100%\n", "é".encode()[:1], "é\n".encode()[1:], b"last"):
+        tail.feed(chunk)
+    assert tail.take() == ["one", "two", "100%", "é"]
+    assert tail.take(final=True) == ["last"]
+    for i in range(20):
+        tail.feed(f"line {i}\n".encode())
+    assert tail.take() == ["… 15 lines not shown", "line 15", "line 16", "line 17", "line 18", "line 19"]

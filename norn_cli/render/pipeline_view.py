@@ -228,10 +228,31 @@ class LiveView:
             self.err.print(Text(hint))
 
 
-class LinesView:
-    """Not a terminal: plain append-only lines, one per step change."""
+class _AppendOnly:
+    """Views that only ever append: nothing to start, redraw or stop; notices to stderr."""
 
     live = False
+    err: Console
+
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        self.err.print(Text(clean(text)), soft_wrap=True, highlight=False)
+
+    def detached(self, hint: str | None) -> None:
+        if hint:
+            self.notice(hint)
+
+
+class LinesView(_AppendOnly):
+    """Not a terminal: plain append-only lines, one per step change."""
 
     def __init__(self, out: Console, err: Console, *, clock: Callable[[], float] = time.time) -> None:
         self.out = out
@@ -244,9 +265,6 @@ class LinesView:
 
     def _line(self, text: str) -> None:
         self.out.print(Text(text), soft_wrap=True, highlight=False)
-
-    def start(self) -> None:
-        pass
 
     def apply(self, env: dict[str, Any]) -> None:
         state = self.state
@@ -293,50 +311,19 @@ class LinesView:
         where = f" at {clean(state.failed_step)}" if state.failed_step else ""
         self._line(f"{clean(_title(state))} failed{where} after {total}: {clean(state.error or 'failed')}")
 
-    def refresh(self) -> None:
-        pass
 
-    def notice(self, text: str) -> None:
-        self.err.print(Text(clean(text)), soft_wrap=True, highlight=False)
-
-    def stop(self) -> None:
-        pass
-
-    def detached(self, hint: str | None) -> None:
-        if hint:
-            self.notice(hint)
-
-
-class JsonView:
+class JsonView(_AppendOnly):
     """`--json`: exactly the run's envelopes, one JSON object per line; notices on stderr."""
-
-    live = False
 
     def __init__(self, out: TextIO, err: Console) -> None:
         self.out = out
         self.err = err
         self.state = RunState()
 
-    def start(self) -> None:
-        pass
-
     def apply(self, env: dict[str, Any]) -> None:
         self.out.write(dumps(env).decode() + "\n")
         self.out.flush()
         self.state.apply(env, time.time())
-
-    def refresh(self) -> None:
-        pass
-
-    def notice(self, text: str) -> None:
-        self.err.print(Text(clean(text)), soft_wrap=True, highlight=False)
-
-    def stop(self) -> None:
-        pass
-
-    def detached(self, hint: str | None) -> None:
-        if hint:
-            self.notice(hint)
 
 
 def make_consoles(no_color: bool) -> tuple[Console, Console]:
