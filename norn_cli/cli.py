@@ -126,6 +126,10 @@ def norn(ctx: click.Context, url: str, token: str | None, cafile: str | None, ve
 @click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default) or redis://HOST:PORT/DB [env NORN_BROKER].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
+@click.option(
+    "--config", "config_path", envvar="NORN_CONFIG", type=click.Path(dir_okay=False), default=None,
+    help="Apps and their pipelines (default: ./norn.toml when present) [env NORN_CONFIG].",
+)  # fmt: skip
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -138,16 +142,22 @@ def serve(
     broker: str | None,
     certfile: str | None,
     keyfile: str | None,
+    config_path: str | None,
 ) -> None:
     """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics.
 
     \b
     Example:
       norn serve --port 8800 --allowed-origin https://norn.example.com
+      norn serve --config deploy/norn.toml      # apps norn deploy/forge/teardown can run
     """
+    from pathlib import Path
+
     from norn_cli import server
     from norn_cli.broker import open_broker
+    from norn_cli.config import find_config, load_config
     from norn_cli.origin import parse_origins
+    from norn_cli.pipeline import attach_runner
 
     origins = parse_origins([*allowed_origins, os.environ.get("NORN_ALLOWED_ORIGINS", "")])
     if keyfile and not certfile:
@@ -164,14 +174,156 @@ def serve(
         )
 
     async def run() -> None:
+        config = load_config(find_config(config_path, Path.cwd()))  # pipelines: a bad file stops us here
         ssl_context = server.tls_context(certfile, keyfile) if certfile else None
         srv = server.HubServer(
             host=host, port=port, broker=the_broker, token=serve_token or settings.token,
             allowed_origins=origins, queue_size=queue_size, history=history, ssl_context=ssl_context,
         )  # fmt: skip
-        await server.run_until_signalled(srv, ready)
+        runner = attach_runner(srv, config)
+
+        def started(srv: server.HubServer) -> None:
+            runner.start()
+            ready(srv)
+            if config.apps:
+                _stderr(f"pipelines of {', '.join(sorted(config.apps))} from {config.path}")
+
+        await server.run_until_signalled(srv, started)
 
     _run(run())
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def _run_options(f: Any) -> Any:
+    """--attach and --json, spelled the same on every pipeline command."""
+    f = click.option("--json", "as_json", is_flag=True, help="The run's events as NDJSON on stdout, nothing else.")(f)
+    return click.option("--attach", is_flag=True, help="Watch the app's latest run of this kind instead of starting one.")(f)
+
+
+def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool, *,
+              attach: bool = False, run_id: str | None = None) -> NoReturn:  # fmt: skip
+    """Start (or find) a run, show it live, exit 0 when it completed and 1 when it failed."""
+    from norn_cli import watch
+    from norn_cli.render.pipeline_view import make_view
+
+    view = make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)
+    token, cafile = settings.token, settings.cafile
+    if request is None:
+        assert run_id is not None
+        state = _run(watch.watch(settings.url, run_id, view, token=token, cafile=cafile))
+    else:
+        request = {k: v for k, v in request.items() if v is not None}
+        state = _run(watch.follow(settings.url, request, view, attach=attach, token=token, cafile=cafile))
+    sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
+
+
+@norn.command()
+@click.argument("app")
+@click.argument("ref", required=False)
+@_run_options
+@click.pass_obj
+def deploy(settings: Settings, app: str, ref: str | None, attach: bool, as_json: bool) -> None:
+    """Deploy APP at REF (default: the app's configured ref, else HEAD) and watch it live.
+
+    \b
+    Example:
+      norn deploy mail-agent 3f2a9c1
+    """
+    _show_run(settings, {"op": "deploy", "app": app, "ref": ref}, as_json, attach=attach)
+
+
+@norn.command()
+@click.argument("app")
+@click.argument("ref", required=False)
+@_run_options
+@click.pass_obj
+def forge(settings: Settings, app: str, ref: str | None, attach: bool, as_json: bool) -> None:
+    """Run APP's forge steps (set it up) and watch them live.
+
+    \b
+    Example:
+      norn forge mail-agent
+    """
+    _show_run(settings, {"op": "forge", "app": app, "ref": ref}, as_json, attach=attach)
+
+
+@norn.command()
+@click.argument("app")
+@_run_options
+@click.pass_obj
+def teardown(settings: Settings, app: str, attach: bool, as_json: bool) -> None:
+    """Run APP's teardown steps and watch them live.
+
+    \b
+    Example:
+      norn teardown mail-agent
+    """
+    _show_run(settings, {"op": "teardown", "app": app}, as_json, attach=attach)
+
+
+@norn.command()
+@click.argument("app")
+@_run_options
+@click.pass_obj
+def restart(settings: Settings, app: str, attach: bool, as_json: bool) -> None:
+    """Restart APP (its restart steps, if any) and announce app.restarted.
+
+    \b
+    Example:
+      norn restart mail-agent
+    """
+    _show_run(settings, {"op": "restart", "app": app}, as_json, attach=attach)
+
+
+@norn.command()
+@click.argument("app")
+@click.argument("tag", required=False)
+@_run_options
+@click.pass_obj
+def rollback(settings: Settings, app: str, tag: str | None, attach: bool, as_json: bool) -> None:
+    """Roll APP back to image TAG (its rollback steps, if any) and watch it live.
+
+    \b
+    Example:
+      norn rollback mail-agent 2026-11-26.3
+    """
+    if tag is None and not attach:
+        raise click.UsageError("rollback needs a TAG (or --attach)")
+    _show_run(settings, {"op": "rollback", "app": app, "tag": tag}, as_json, attach=attach)
+
+
+@norn.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="The run's events as NDJSON on stdout, nothing else.")
+@click.pass_obj
+def watch(settings: Settings, run_id: str, as_json: bool) -> None:
+    """Attach to a run in progress or finished: replay it, then follow it live.
+
+    \b
+    Example:
+      norn watch 3fa9c2e1b7d4
+    """
+    _show_run(settings, None, as_json, run_id=run_id)
+
+
+@norn.command()
+@click.option("--json", "as_json", is_flag=True, help="The run's events as NDJSON on stdout, nothing else.")
+@click.pass_obj
+def demo(settings: Settings, as_json: bool) -> None:
+    """A first look: an embedded hub deploys a sample app, shown live.
+
+    \b
+    Example:
+      norn demo
+    """
+    from norn_cli.demo import run_demo
+    from norn_cli.render.pipeline_view import make_view
+
+    state = _run(run_demo(make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)))
+    _stderr("that was an embedded hub running a sample norn.toml; write your own: docs/pipelines.md")
+    sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
 
 
 def main() -> None:
