@@ -104,6 +104,8 @@ class ThreadHub:
         if self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(TIMEOUT)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @pytest.fixture

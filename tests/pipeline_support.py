@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from importlib.machinery import PathFinder
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +110,8 @@ async def wait_dead(pid: int) -> None:
 
 
 def pipeline_argv(*args: str) -> list[str]:
-    """argv running this checkout's `norn`, with the stand-in client while the real one is missing."""
-    import norn_cli
-
-    if PathFinder.find_spec("norn_cli.client", norn_cli.__path__) is not None:  # not sys.modules
-        return norn_argv(*args)
-    boot = (
-        "import sys; sys.path.insert(0, %r); import _client_standin; _client_standin.install(); "
-        "from norn_cli.cli import main; sys.argv[0] = 'norn'; main()"
-    ) % str(TESTS)
-    return [sys.executable, "-c", boot, *args]
+    """argv running this checkout's `norn`."""
+    return norn_argv(*args)
 
 
 @contextmanager
@@ -139,8 +129,6 @@ def runner_hub(toml: str, workdir: Path, **options: Any) -> Iterator[ThreadHub]:
         yield th
     finally:
         th.stop()
-        with suppress(RuntimeError):  # still running if the thread did not stop in time
-            th.loop.close()
 
 
 __all__ = [

@@ -7,7 +7,6 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-import _client_standin
 import pytest
 from conftest import TIMEOUT
 from rich.console import Console
@@ -15,9 +14,7 @@ from test_run_state import T0, deployment, env
 
 from norn_cli.errors import HubUnreachable
 from norn_cli.render.pipeline_view import LinesView
-
-_client_standin.install()  # until norn_cli.client lands on main
-from norn_cli.watch import Target, show_run  # noqa: E402
+from norn_cli.watch import Target, show_run
 
 QUEUED = env("deploy.queued", deployment("queued", [{"name": "build", "status": "pending"}]))
 RUNNING = env("deploy.step", {"step": "build", "status": "running", "runId": "r1"}, T0 + 1)
