@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -77,7 +79,22 @@ def _where(url: str) -> str:
         return parts.path
     host = parts.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
-    return f"{host}:{parts.port or 6379}"
+    try:
+        port = parts.port or 6379
+    except ValueError:  # reported by redis-py, with the reason
+        return parts.netloc.rpartition("@")[2]
+    return f"{host}:{port}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    """"connection refused" rather than redis-py's "Error 111 connecting to h:p. ..."."""
+    for err in (exc, exc.__cause__, exc.__context__):  # redis-py raises inside `except OSError`
+        if isinstance(err, socket.gaierror) and err.strerror:
+            return err.strerror.lower()
+        if isinstance(err, OSError) and err.errno:
+            return os.strerror(err.errno).lower()
+    text = str(exc).strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text else type(exc).__name__
 
 
 class RedisBroker(Broker):
@@ -140,7 +157,9 @@ class RedisBroker(Broker):
         try:
             await self._connect()
         except _LOST + (RedisError,) as exc:
-            self._lost(exc)
+            # Whoever started the hub reports this; the reader keeps trying.
+            self._problem = self._explain(exc)
+            log.info("%s", self._problem)
         self._reader = asyncio.get_running_loop().create_task(self._follow(), name="norn-redis-reader")
 
     async def close(self) -> None:
@@ -149,13 +168,27 @@ class RedisBroker(Broker):
         self._deliver = self._hub = None
         self._up.set()  # replays waiting for Redis see _closed and give up
         reader, self._reader = self._reader, None
-        if reader is not None:
+        while reader is not None and not reader.done():
+            # Again until it ends: on Python 3.11, redis-py's asyncio.wait_for
+            # may swallow a cancel that lands as a command finishes sending.
             reader.cancel()
+            await asyncio.wait({reader}, timeout=0.05)
+        if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
         await self._redis.aclose()
 
+    async def wait_ready(self) -> None:
+        """Return once Redis answers (at once if it does); Unavailable once closed."""
+        await self._up.wait()
+        if self._closed:
+            raise Unavailable("the hub is shutting down")
+
     async def _connect(self) -> None:
         """Find where to read from and mark Redis as up."""
+        if self._ever_up:
+            # Idle connections from before the outage are dead; a publish must
+            # not be the one to find out (it is never retried).
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
         info = await self._info()
         last_gen = info["last-generated-id"] if info else None
         if not self._pos:
@@ -199,11 +232,7 @@ class RedisBroker(Broker):
         if isinstance(exc, RedisTimeoutError):
             return f"Redis at {self.where} did not answer in time"
         if isinstance(exc, _LOST):
-            text = str(exc).strip().rstrip(".")
-            if "connecting to" in text:  # "Error 111 connecting to h:p. Connection refused"
-                text = text.rsplit(". ", 1)[-1]
-            detail = text[:1].lower() + text[1:] if text else type(exc).__name__
-            return f"Redis at {self.where} is unreachable ({detail})"
+            return f"Redis at {self.where} is unreachable ({_os_reason(exc)})"
         if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
             return f"the Redis key {self.stream!r} at {self.where} is not a stream"
         return f"Redis at {self.where} failed: {exc}"
@@ -215,7 +244,7 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         backoff = BACKOFF_MIN
         refresh = loop.time() + BLOCK_MS / 1000
-        while True:
+        while not self._closed:
             try:
                 if not self._up.is_set():
                     await self._connect()
@@ -339,11 +368,7 @@ class RedisBroker(Broker):
         Waits while Redis is unreachable; raises Unavailable once closed.
         """
         while True:
-            if self._closed:
-                raise Unavailable("the hub is shutting down")
-            if not self._up.is_set():
-                await self._up.wait()
-                continue
+            await self.wait_ready()
             # Read now, before any await: the hub holds every event delivered
             # after this point for the subscriber, so the replay must stop here.
             upto = self._pos
