@@ -6,10 +6,14 @@ hands each entry to its hub, in stream order, once. The publishing hub's own
 subscribers get their events from that reader too, so every subscriber of
 every hub sees one order.
 
-An entry holds `type`, `app` and `event`: the JSON envelope without `id` and
-`ts`, which are only known once Redis has ordered the entry. Both are
-appended to those bytes on read (`ts` is the millisecond part of the id),
-so the payload is encoded once, at publish, and never parsed again.
+An entry has one field, `event`: the JSON envelope without `id` and `ts`,
+which are only known once Redis has ordered the entry. Both are appended to
+those bytes on read (`ts` is the millisecond part of the id), so the payload
+is encoded once, at publish, and never parsed again.
+
+A batch is appended by one small Lua script rather than a MULTI/EXEC of
+XADDs: just as atomic and contiguous, and measured about 1.7 times the
+throughput (redis-py packs each command in Python; see docs/redis.md).
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ PAGE = 1000  # entries per XRANGE page when replaying
 BLOCK_MS = 1000  # how long XREAD waits; also how often the cached figures refresh
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
+
+_APPEND = """
+-- KEYS[1]: the stream; ARGV[1]: MAXLEN ~; ARGV[2..]: one event each. Returns the ids.
+local ids = {}
+for i = 2, #ARGV do
+  ids[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return ids
+"""
 
 _Entry = tuple[bytes, Mapping[bytes, bytes]]
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)  # Redis is (maybe) gone
@@ -148,6 +161,8 @@ class RedisBroker(Broker):
         self._ever_up = False
         self._reconnects = 0
         self._overruns = 0
+        self._names: dict[bytes, str] = {}
+        self._append = self._redis.register_script(_APPEND)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -283,15 +298,28 @@ class RedisBroker(Broker):
 
     def _events(self, entries: Sequence[_Entry]) -> list[Event]:
         out = []
+        names = self._names
         for raw_id, fields in entries:
-            try:
-                body = fields[b"event"]
-                if not body.endswith(b"}"):
-                    raise ValueError("not a JSON object")
-                out.append(_event(raw_id, fields[b"type"].decode(), fields[b"app"].decode(), body))
-            except (KeyError, ValueError) as exc:  # written by something else than a hub
-                log.warning("skipping entry %s of %s: not a norn event (%s)", raw_id, self.stream, exc)
+            body = fields.get(b"event", b"")
+            # type and appId are validated slugs, never escaped in JSON: the
+            # envelope's head gives both without parsing the payload.
+            t_end = body.find(b'"', 9)
+            a_end = body.find(b'"', t_end + 11)
+            if not (body.startswith(b'{"type":"') and body.endswith(b"}") and a_end > 0
+                    and body[t_end : t_end + 11] == b'","appId":"'):  # fmt: skip
+                log.warning("skipping entry %s of %s: not a norn event", raw_id.decode(), self.stream)
+                continue
+            etype = names.get(body[9:t_end]) or self._name(body[9:t_end])
+            app = names.get(body[t_end + 11 : a_end]) or self._name(body[t_end + 11 : a_end])
+            out.append(_event(raw_id, etype, app, body))
         return out
+
+    def _name(self, raw: bytes) -> str:
+        """A type or app as str, decoded once (a hub sees few distinct ones)."""
+        if len(self._names) >= 4096:
+            self._names.clear()
+        name = self._names[raw] = raw.decode()
+        return name
 
     async def _read(self) -> list[_Entry]:
         """Entries after the last delivered one, waiting up to BLOCK_MS for some."""
@@ -332,7 +360,7 @@ class RedisBroker(Broker):
     # ------------------------------------------------------------ publishing
 
     async def publish(self, items: Sequence[Item]) -> list[Event]:
-        """Append the batch to the stream in one MULTI/EXEC; the ids are Redis's.
+        """Append the batch to the stream atomically, in order; the ids are Redis's.
 
         The events reach subscribers (this hub's too) through the reader.
         """
@@ -340,25 +368,16 @@ class RedisBroker(Broker):
             raise Unavailable(f"{self._problem}; nothing was published, try again when the hub is healthy")
         if not items:
             return []
-        stream = self.stream
-        bodies = [(t, a, dumps({"type": t, "appId": a, "payload": p})) for t, a, p in items]
+        bodies = [dumps({"type": t, "appId": a, "payload": p}) for t, a, p in items]
         try:
-            if len(bodies) == 1:
-                t, a, body = bodies[0]
-                ids = [cast(bytes, await self._redis.xadd(
-                    stream, {"type": t, "app": a, "event": body}, maxlen=self._maxlen, approximate=True
-                ))]  # fmt: skip
-            else:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    for t, a, body in bodies:
-                        pipe.xadd(stream, {"type": t, "app": a, "event": body}, maxlen=self._maxlen, approximate=True)
-                    ids = cast(list[bytes], await pipe.execute())
+            # EVALSHA, or EVAL once after NOSCRIPT (the script had not run).
+            ids = cast(list[bytes], await self._append(keys=[self.stream], args=[self._maxlen, *bodies]))
         except _LOST as exc:
             self._lost(exc)
             raise Unavailable(f"{self._problem}; the publish was not acknowledged") from None
         except RedisError as exc:
             raise Unavailable(f"{self._explain(exc)}; nothing was published") from None
-        return [_event(raw_id, t, a, body) for raw_id, (t, a, body) in zip(ids, bodies)]
+        return [_event(raw_id, t, a, body) for raw_id, (t, a, _), body in zip(ids, items, bodies)]
 
     # ------------------------------------------------------------ replay
 

@@ -375,6 +375,48 @@ async def test_empty_stream_and_bad_since(redis_server: RedisProcess) -> None:
         await srv.close()
 
 
+async def test_entries_not_written_by_a_hub_are_skipped(
+    redis_server: RedisProcess, hubs: tuple[HubServer, HubServer]
+) -> None:
+    """Foreign entries in the stream never reach subscribers, live or replayed."""
+    a, b = hubs
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async with connect(f"{b.url}/ws") as sub, connect(f"{a.url}/api") as api:
+                await client.xadd(STREAM, {"foo": "bar"})
+                await client.xadd(STREAM, {"event": "not json"})
+                await client.xadd(STREAM, {"event": '{"type":"x"}'})
+                ids = await publish(api, [ev(1)])
+                assert (await recv(sub))["id"] == ids[0]
+                async with connect(f"{b.url}/ws?last=10") as replayed:
+                    assert (await recv(replayed))["id"] == ids[0]
+    finally:
+        await client.aclose()
+
+
+async def test_a_key_that_is_not_a_stream_is_reported_until_fixed(redis_server: RedisProcess) -> None:
+    """A stream name already used for another type: 503 saying so, refusals, recovery once freed."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    await client.set("norn:taken", "a string")
+    srv = HubServer(host="127.0.0.1", port=0, broker=RedisBroker(redis_server.url, history=10, stream="norn:taken"))
+    await srv.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            problem = f"the Redis key 'norn:taken' at 127.0.0.1:{redis_server.port} is not a stream"
+            assert (await wait_health(srv, 503))["error"] == problem
+            async with connect(f"{srv.url}/api") as api:
+                reply = await request(api, {"op": "publish", "event": ev(1)})
+                assert reply["error"] == {"code": "unavailable", "message": problem + (
+                    "; nothing was published, try again when the hub is healthy")}
+                await client.delete("norn:taken")
+                await ready(srv)
+                assert len(await publish(api, [ev(2), ev(3)])) == 2
+    finally:
+        await srv.close()
+        await client.aclose()
+
+
 # ------------------------------------------------------------------ outages
 
 
