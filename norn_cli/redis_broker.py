@@ -305,12 +305,15 @@ class RedisBroker(Broker):
             # envelope's head gives both without parsing the payload.
             t_end = body.find(b'"', 9)
             a_end = body.find(b'"', t_end + 11)
-            if not (body.startswith(b'{"type":"') and body.endswith(b"}") and a_end > 0
-                    and body[t_end : t_end + 11] == b'","appId":"'):  # fmt: skip
+            try:
+                if not (body.startswith(b'{"type":"') and body.endswith(b"}") and a_end > 0
+                        and body[t_end : t_end + 11] == b'","appId":"'):  # fmt: skip
+                    raise ValueError
+                etype = names.get(body[9:t_end]) or self._name(body[9:t_end])
+                app = names.get(body[t_end + 11 : a_end]) or self._name(body[t_end + 11 : a_end])
+            except ValueError:  # UnicodeDecodeError too: written by something else than a hub
                 log.warning("skipping entry %s of %s: not a norn event", raw_id.decode(), self.stream)
                 continue
-            etype = names.get(body[9:t_end]) or self._name(body[9:t_end])
-            app = names.get(body[t_end + 11 : a_end]) or self._name(body[t_end + 11 : a_end])
             out.append(_event(raw_id, etype, app, body))
         return out
 

@@ -387,6 +387,7 @@ async def test_entries_not_written_by_a_hub_are_skipped(
                 await client.xadd(STREAM, {"foo": "bar"})
                 await client.xadd(STREAM, {"event": "not json"})
                 await client.xadd(STREAM, {"event": '{"type":"x"}'})
+                await client.xadd(STREAM, {"event": b'{"type":"\xff.x","appId":"a","payload":{}}'})
                 ids = await publish(api, [ev(1)])
                 assert (await recv(sub))["id"] == ids[0]
                 async with connect(f"{b.url}/ws?last=10") as replayed:
