@@ -221,7 +221,9 @@ def open_broker(url: str | None, *, history: int, stream: str = "norn:events") -
     if url.startswith(("redis://", "rediss://", "unix://")):
         try:
             from norn_cli.redis_broker import RedisBroker  # imported only when used
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "redis":
+                raise
             raise ValueError("a redis:// broker needs the redis package (pip install 'norn-cli[redis]')") from None
 
         return RedisBroker(url, history=history, stream=stream)
