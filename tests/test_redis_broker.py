@@ -62,12 +62,18 @@ class RedisProcess:
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         assert self.proc.stdout is not None
-        async with asyncio.timeout(TIMEOUT):
-            # redis-server logs this line once it listens (after loading its data).
-            while b"Ready to accept connections" not in (line := await self.proc.stdout.readline()):
-                if not line:
-                    raise RuntimeError(f"redis-server exited: {b''.join(self.output).decode()}")
-                self.output.append(line)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                # redis-server logs this line once it listens (after loading its data).
+                while b"Ready to accept connections" not in (line := await self.proc.stdout.readline()):
+                    if not line:
+                        raise RuntimeError(f"redis-server exited: {b''.join(self.output).decode()}")
+                    self.output.append(line)
+        except BaseException:
+            if self.proc.returncode is None:
+                self.proc.kill()
+            await self.proc.wait()
+            raise
         self._drain = asyncio.get_running_loop().create_task(self._drain_output())
         await self.ping()
         return self
@@ -473,12 +479,17 @@ async def test_restart_with_persistence_delivers_what_redis_kept_once(tmp_path: 
 
                 # While the hubs cannot reach it, the same data gets two more
                 # events from elsewhere (the same files, served on another port).
-                elsewhere = await RedisProcess(free_port(), tmp_path, persist=True).start()
+                elsewhere = RedisProcess(free_port(), tmp_path, persist=True)
                 other = RedisBroker(elsewhere.url, history=1000, stream=STREAM)
-                await other.start(lambda events: None)
-                written = await other.publish([("test.event", "mail-agent", {"n": 3}), ("test.event", "mail-agent", {"n": 4})])
-                await other.close()
-                await elsewhere.stop(graceful=True)
+                try:
+                    await elsewhere.start()
+                    await other.start(lambda events: None)
+                    written = await other.publish(
+                        [("test.event", "mail-agent", {"n": 3}), ("test.event", "mail-agent", {"n": 4})]
+                    )
+                finally:
+                    await other.close()
+                    await elsewhere.stop(graceful=True)
 
                 await server.start()
                 await ready(a)
