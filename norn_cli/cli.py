@@ -124,6 +124,7 @@ def norn(ctx: click.Context, url: str, token: str | None, cafile: str | None, ve
 @click.option("--history", type=click.IntRange(0), default=10_000, show_default=True, envvar="NORN_HISTORY", help="Events retained for since/last replay.")
 @click.option("--queue-size", type=click.IntRange(1), default=64, show_default=True, envvar="NORN_QUEUE_SIZE", help="Per-subscriber send queue, in events.")
 @click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default) or redis://HOST:PORT/DB [env NORN_BROKER].")
+@click.option("--redis-stream", envvar="NORN_REDIS_STREAM", default="norn:events", show_default=True, metavar="KEY", help="The Redis stream hubs share [env NORN_REDIS_STREAM].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.option(
@@ -140,6 +141,7 @@ def serve(
     history: int,
     queue_size: int,
     broker: str | None,
+    redis_stream: str,
     certfile: str | None,
     keyfile: str | None,
     config_path: str | None,
@@ -150,6 +152,7 @@ def serve(
     Example:
       norn serve --port 8800 --allowed-origin https://norn.example.com
       norn serve --config deploy/norn.toml      # apps norn deploy/forge/teardown can run
+      norn serve --broker redis://10.0.0.5:6379/0 --host 0.0.0.0 --token "$TOKEN"
     """
     from pathlib import Path
 
@@ -163,15 +166,9 @@ def serve(
     if keyfile and not certfile:
         raise click.UsageError("--keyfile needs --certfile")
     try:
-        the_broker = open_broker(broker, history=history)
+        the_broker = open_broker(broker, history=history, stream=redis_stream)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
-
-    def ready(srv: server.HubServer) -> None:
-        _stderr(
-            f"norn hub listening on {srv.url} (subscribe: {srv.url}/ws, publish: {srv.url}/api, "
-            f"broker: {srv.broker.name}); Ctrl-C to stop"
-        )
 
     async def run() -> None:
         config = load_config(find_config(config_path, Path.cwd()))  # pipelines: a bad file stops us here
@@ -184,7 +181,12 @@ def serve(
 
         def started(srv: server.HubServer) -> None:
             runner.start()
-            ready(srv)
+            _stderr(
+                f"norn hub listening on {srv.url} (subscribe: {srv.url}/ws, publish: {srv.url}/api, "
+                f"broker: {srv.broker.name}); Ctrl-C to stop"
+            )
+            if srv.broker.problem is not None:
+                _stderr(f"norn: warning: {srv.broker.problem}; serving anyway, /healthz answers 503 until it does")
             if config.apps:
                 _stderr(f"pipelines of {', '.join(sorted(config.apps))} from {config.path}")
 
