@@ -237,7 +237,7 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
     "-p", "--payload", "pairs", multiple=True, metavar="KEY=VALUE",
     help="A payload field (repeatable): VALUE is JSON when it parses as JSON, else a string; dotted keys nest (a.b=1).",
 )  # fmt: skip
-@click.option("--file", "file", type=click.File("rb"), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
+@click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event).")
 @click.pass_obj
 def emit(
@@ -246,7 +246,7 @@ def emit(
     app: str | None,
     data: str | None,
     pairs: tuple[str, ...],
-    file: Any,
+    file: str | None,
     as_json: bool,
 ) -> None:
     """Publish an event (or many, from NDJSON) and print the id the hub assigned.
@@ -274,17 +274,21 @@ def emit(
         reply = _run(emitting.emit_event(endpoint, event, token=settings.token, cafile=settings.cafile))
         out.write((json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
         return
-    source = "stdin" if file.name in ("-", "<stdin>") else str(file.name)
+    source = "stdin" if file == "-" else file
 
     def on_id(event_id: str) -> None:
         out.write((json_line({"ok": True, "id": event_id}) if as_json else event_id) + "\n")
 
-    with file:
-        events = _run(_read_events(file, source, event_type, app))
+    try:
+        stream = click.open_file(file, "rb")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="'--file'") from None
+    with stream:
+        events = _run(_read_events(stream, source, event_type, app))
     count = _run(emitting.emit_events(endpoint, events, on_id=on_id, token=settings.token, cafile=settings.cafile))
     out.flush()
     if settings.verbose:
-        _notice(f"published {count} events to {endpoint}")
+        _notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
 
 
 async def _checked_event(event_type: str, app: str, data: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from norn_cli.render.plain import escape_control, first_line
 
 __all__ = ["EventLines", "event_line", "status_style", "type_style"]
 
+CLOCK_WIDTH = 12
 APP_WIDTH = 14
 TYPE_WIDTH = 18
 
@@ -120,7 +121,7 @@ def event_line(envelope: Mapping[str, Any], *, tz: tzinfo | None = None) -> Text
     etype = _text(envelope.get("type", "?"))
     app = _text(envelope.get("appId", ""))
     line = Text(no_wrap=True)
-    line.append(_clock(envelope.get("ts"), tz), "dim")
+    line.append(_clock(envelope.get("ts"), tz).ljust(CLOCK_WIDTH), "dim")
     line.append(" ")
     line.append(app.ljust(APP_WIDTH), "bold")
     line.append(" ")
