@@ -347,7 +347,8 @@ async def subscribe_frames(
                     if isinstance(event_id, str) and event_id:
                         last_id = event_id
                     yield Frame(env, text)
-            reason = _closed_reason(ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent))
+            proto = ws.protocol  # ended cleanly (1000/1001): the iterator swallowed the exception
+            reason = _closed_reason(ConnectionClosed(proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent))
         except ConnectionClosed as exc:
             reason = _closed_reason(exc)
         except ValueError:
