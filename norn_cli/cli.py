@@ -251,14 +251,16 @@ def emit(
 ) -> None:
     """Publish an event (or many, from NDJSON) and print the id the hub assigned.
 
-    Everything is checked against the hub's rules before anything is sent;
-    a file or stdin goes over one connection, batched and pipelined.
+    Everything is checked against the hub's rules before anything is sent:
+    a file or stdin is read to its end and checked whole, then published
+    over one connection, batched and pipelined.
 
     \b
     Examples:
       norn emit deploy.step --app mail-agent -p step=build -p status=building
       norn emit backup.completed --app db --data '{"sizeMb": 120}' --json
-      norn tail --json --app old | norn --url ws://new:8800 emit --file -
+      norn emit --file events.ndjson
+      norn --url ws://old:8800 tail --json --last 100 --count 100 | norn emit --file -
     """
     from norn_cli import emitting
 
