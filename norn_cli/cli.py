@@ -395,11 +395,9 @@ def _frame_writer(settings: Settings, as_json: bool, template: str | None) -> Ca
             out.flush()
 
         return write_line
-    from rich.console import Console
+    from norn_cli.render.lines import EventLines, PipeConsole
 
-    from norn_cli.render.lines import EventLines
-
-    console = Console(file=out, no_color=settings.no_color or None, highlight=False, soft_wrap=True)
+    console = PipeConsole(file=out, no_color=settings.no_color or None, highlight=False, soft_wrap=True)
     lines = EventLines(console)
     return lambda frame: lines.show(frame.envelope)
 

@@ -340,10 +340,11 @@ def test_dead_hub_is_exit_3_one_sentence(command: Sequence[str]) -> None:
     assert done.stderr == f"norn: cannot reach the hub at ws://127.0.0.1:{port}: connection refused\n"
 
 
-async def test_tail_json_into_head_ends_quietly(hub: HubServer, procs: list[Norn]) -> None:
+@pytest.mark.parametrize("mode", [["--json"], [], ["--format", "{id}"]], ids=["json", "lines", "format"])
+async def test_tail_into_head_ends_quietly(hub: HubServer, procs: list[Norn], mode: list[str]) -> None:
     """`norn tail --json | head -1` ends with exit 0 and nothing on stderr but its own notices."""
     read_end, write_end = os.pipe()
-    t = await Norn.start("-v", "--url", hub.url, "tail", "--json", stdout=write_end)
+    t = await Norn.start("-v", "--url", hub.url, "tail", *mode, stdout=write_end)
     procs.append(t)
     os.close(write_end)
     head = await asyncio.create_subprocess_exec("head", "-1", stdin=read_end, stdout=asyncio.subprocess.PIPE)
@@ -352,7 +353,9 @@ async def test_tail_json_into_head_ends_quietly(hub: HubServer, procs: list[Norn
     [first] = await publish(hub.url, step("a", "one"))
     async with asyncio.timeout(TIMEOUT):
         out, _ = await head.communicate()
-    assert loads(out)["id"] == first
+    assert out.count(b"\n") == 1
+    if mode == ["--json"]:
+        assert loads(out)["id"] == first
     await publish(hub.url, step("a", "two"))  # tail's next write meets the closed pipe
     code, _, err = await t.finish()
     assert code == 0
@@ -430,3 +433,14 @@ async def test_cafile_trusts_a_private_ca_for_wss(tmp_path: Path, procs: list[No
     assert emitted.returncode == 0, emitted.stderr
     assert loads(await t.line())["id"] == emitted.stdout.strip()
     assert (await t.finish())[0] == 0
+
+
+async def test_ctrl_c_is_exit_130(hub: HubServer, procs: list[Norn]) -> None:
+    """Ctrl-C ends tail with 130 and one word on stderr, no traceback."""
+    import signal
+
+    t = await tail(procs, hub.url, "--json")
+    t.proc.send_signal(signal.SIGINT)
+    code, out, err = await t.finish()
+    assert (code, out) == (130, "")
+    assert err == "norn: interrupted\n"

@@ -13,7 +13,7 @@ from rich.text import Text
 from norn_cli.events import dumps
 from norn_cli.render.plain import escape_control, first_line
 
-__all__ = ["EventLines", "event_line", "status_style", "type_style"]
+__all__ = ["EventLines", "PipeConsole", "event_line", "status_style", "type_style"]
 
 CLOCK_WIDTH = 12
 APP_WIDTH = 14
@@ -135,6 +135,18 @@ def event_line(envelope: Mapping[str, Any], *, tz: tzinfo | None = None) -> Text
         line.append(text, style)
     line.rstrip()
     return line
+
+
+class PipeConsole(Console):
+    """A Console that leaves a closed stdout pipe to the command's bridge.
+
+    rich's own handler exits with status 1; `norn tail | head -1` should end
+    quietly with 0, as the bridge does for every command.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 class EventLines:
