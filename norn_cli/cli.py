@@ -272,40 +272,30 @@ def emit(
     out = sys.stdout
     if file is None:
         assert event_type is not None and app is not None
-        event = _run(_checked_event(event_type, app, data, pairs))
-        reply = _run(emitting.emit_event(endpoint, event, token=settings.token, cafile=settings.cafile))
-        out.write((json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
+        reply = _run(emitting.emit_from_flags(
+            endpoint, event_type, app, data=data, pairs=pairs, token=settings.token, cafile=settings.cafile
+        ))  # fmt: skip
+        out.write((_json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
         return
-    source = "stdin" if file == "-" else file
 
     def on_id(event_id: str) -> None:
-        out.write((json_line({"ok": True, "id": event_id}) if as_json else event_id) + "\n")
+        out.write((_json_line({"ok": True, "id": event_id}) if as_json else event_id) + "\n")
 
     try:
         stream = click.open_file(file, "rb")
     except OSError as exc:
         raise click.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="'--file'") from None
     with stream:
-        events = _run(_read_events(stream, source, event_type, app))
-    count = _run(emitting.emit_events(endpoint, events, on_id=on_id, token=settings.token, cafile=settings.cafile))
+        count = _run(emitting.emit_ndjson(
+            endpoint, stream, on_id=on_id, source="stdin" if file == "-" else file,
+            default_type=event_type, default_app=app, token=settings.token, cafile=settings.cafile,
+        ))  # fmt: skip
     out.flush()
     if settings.verbose:
         _notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
 
 
-async def _checked_event(event_type: str, app: str, data: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
-    from norn_cli import emitting
-
-    return emitting.build_event(event_type, app, emitting.build_payload(data, pairs))
-
-
-async def _read_events(file: Any, source: str, event_type: str | None, app: str | None) -> list[dict[str, Any]]:
-    from norn_cli import emitting
-
-    return emitting.read_ndjson(file, source=source, default_type=event_type, default_app=app)
-
-
-def json_line(obj: Any) -> str:
+def _json_line(obj: Any) -> str:
     from norn_cli.events import dumps
 
     return dumps(obj).decode()

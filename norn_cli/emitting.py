@@ -14,6 +14,8 @@ __all__ = [
     "build_payload",
     "emit_event",
     "emit_events",
+    "emit_from_flags",
+    "emit_ndjson",
     "read_ndjson",
 ]
 
@@ -146,3 +148,34 @@ async def emit_events(
         except HubUnreachable as exc:
             raise HubUnreachable(f"{exc.message} ({published} of {len(events)} events were published)") from None
     return published
+
+
+async def emit_from_flags(
+    endpoint: Endpoint,
+    etype: str,
+    app: str,
+    *,
+    data: str | None = None,
+    pairs: Sequence[str] = (),
+    token: str | None = None,
+    cafile: str | None = None,
+) -> dict[str, Any]:
+    """`norn emit TYPE --app APP [--data] [-p ...]`: validate, then publish; return the reply."""
+    event = build_event(etype, app, build_payload(data, pairs))
+    return await emit_event(endpoint, event, token=token, cafile=cafile)
+
+
+async def emit_ndjson(
+    endpoint: Endpoint,
+    lines: Iterable[bytes | str],
+    *,
+    on_id: Callable[[str], None],
+    source: str = "stdin",
+    default_type: str | None = None,
+    default_app: str | None = None,
+    token: str | None = None,
+    cafile: str | None = None,
+) -> int:
+    """`norn emit --file`: read and validate every line, then publish them all; return how many."""
+    events = read_ndjson(lines, source=source, default_type=default_type, default_app=default_app)
+    return await emit_events(endpoint, events, on_id=on_id, token=token, cafile=cafile)

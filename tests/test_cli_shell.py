@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -207,6 +208,13 @@ def test_emit_bad_input_is_exit_2_and_sends_nothing(thread_hub: ThreadHub, args:
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert srv.hub.published == before
+
+
+def test_emit_file_that_cannot_be_read_is_exit_2(tmp_path: Path) -> None:
+    """A missing --file is a usage error naming it."""
+    result = invoke("--url", "ws://127.0.0.1:1", "emit", "--file", str(tmp_path / "nope.ndjson"))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--file': cannot read {tmp_path / 'nope.ndjson'}: No such file or directory" in result.stderr
 
 
 def test_emit_to_a_dead_hub_is_exit_3() -> None:

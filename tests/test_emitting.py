@@ -87,3 +87,19 @@ def test_ndjson_errors_name_the_line(line: bytes, message: str) -> None:
         read_ndjson([good, b"", line, good], source="in.ndjson")
     assert err.value.message.startswith(message)
     assert err.value.exit_code is ExitCode.USAGE
+
+
+async def test_losing_the_hub_mid_file_says_how_many_got_through() -> None:
+    """A hub that closes mid-publish (here: its frame limit) is exit 3 with a count."""
+    from norn_cli.client import Endpoint
+    from norn_cli.emitting import emit_events
+    from norn_cli.errors import HubUnreachable
+    from norn_cli.server import HubServer
+
+    events = [{"type": "a.b", "appId": "x", "payload": {"n": i, "pad": "x" * 50}} for i in range(200)]
+    async with HubServer(host="127.0.0.1", port=0, max_size=4000) as srv:
+        with pytest.raises(HubUnreachable) as err:
+            await emit_events(Endpoint.parse(srv.url), events, on_id=lambda _id: None)
+        assert srv.hub.published == 0
+    assert err.value.message.endswith("(0 of 200 events were published)")
+    assert "1009" in err.value.message
