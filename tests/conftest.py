@@ -68,7 +68,10 @@ class ThreadHub:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.close()  # else its self-pipe leaks: ResourceWarning, an error here
 
     async def _serve(self) -> None:
         try:
