@@ -271,14 +271,17 @@ class Frame(NamedTuple):
 
 
 def _resume_anchor(ws: ClientConnection) -> str | None:
-    """An id just before this connection began, from the hub's `Date` header.
+    """The id this subscription started after, so that one which has seen no
+    event yet resumes there and loses nothing published while it was away.
 
-    A subscription that has seen no event yet resumes after it, so events
-    published while it was away are not lost. The header has one-second
-    resolution: at worst a few events published in the second before the
-    subscription started are replayed too (never one it already yielded).
+    norn's hub says it exactly (`Norn-Last-Id`). For other hubs it is taken
+    from the `Date` header, with one-second resolution: at worst a few events
+    published in the second before the subscription are replayed too.
     """
     response = ws.response
+    exact = response.headers.get("Norn-Last-Id") if response is not None else None
+    if exact:
+        return exact
     date = response.headers.get("Date") if response is not None else None
     if not date:
         return None
@@ -331,7 +334,7 @@ async def subscribe_frames(
             continue
         if connected_once:
             notice(f"reconnected to {endpoint}" + (f", resuming after {last_id}" if last_id else ""))
-        elif last_id is None:
+        elif last_id is None and last is None:
             anchor = _resume_anchor(ws)
         if on_connect is not None:
             on_connect(url)

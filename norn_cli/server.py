@@ -259,7 +259,12 @@ class _Conn(asyncio.Protocol):
         except ValueError as exc:
             self._reject(400, "Bad Request", str(exc))
             return
-        self._accept(req)
+        response = self.proto.accept(req)
+        if response.status_code == 101:
+            # Where this subscription starts: a client that loses the
+            # connection before its first event resumes after this id.
+            response.headers["Norn-Last-Id"] = srv.broker.last_id or "0-0"
+        self._respond(response)
         if self.proto.state is OPEN:
             self.kind = "ws"
             self._pump()  # the 101 goes out before any replayed event

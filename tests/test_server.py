@@ -432,3 +432,15 @@ async def test_a_thousand_subscribers_each_get_a_thousand_events() -> None:
         assert counts == [1000] * 1000
         assert all(orders_ok)
         assert srv.hub.dropped == 0
+
+
+async def test_handshake_says_where_the_subscription_starts(hub: HubServer) -> None:
+    """The 101 carries Norn-Last-Id: the newest id at subscription ("0-0" before any event)."""
+    async with ws(hub.port) as first:
+        assert first.response is not None
+        assert first.response.headers["Norn-Last-Id"] == "0-0"
+        async with ws(hub.port, "/api") as api:
+            newest = (await publish(api, event(), event()))[-1]
+        async with ws(hub.port) as second:
+            assert second.response is not None
+            assert second.response.headers["Norn-Last-Id"] == newest
