@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ThreadHub, run_norn
+
 PKG = Path(__file__).resolve().parent.parent / "norn_cli"
 MODULES = sorted(p for p in PKG.rglob("*.py"))
-CORE = {"hub.py", "broker.py", "events.py", "server.py", "origin.py", "wire.py", "errors.py"}
+# The hub's side: what `norn serve` loads. It never reaches into clients or renderers.
+HUB_SIDE = {
+    "hub.py", "broker.py", "redis_broker.py", "events.py", "server.py", "origin.py", "wire.py",
+    "errors.py", "config.py", "pipeline.py", "health.py",
+}  # fmt: skip
+CLIENT_SIDE = {"norn_cli.client", "norn_cli.watch", "norn_cli.tailing", "norn_cli.emitting", "norn_cli.render"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -36,9 +43,10 @@ def test_module_respects_the_arrows(path: Path) -> None:
         assert "norn_cli.cli" not in names, f"{rel} imports cli"
     if rel.parts[0] != "render" and rel.name != "cli.py":
         assert "rich" not in top(names), f"{rel} imports rich"
-    if rel.name in CORE:
+    if str(rel) in HUB_SIDE:
         assert not {"click", "rich"} & top(names)
-        assert "norn_cli.client" not in names, f"{rel} imports the client"
+        reached = {n for n in names if n in CLIENT_SIDE or n.startswith("norn_cli.render.")}
+        assert not reached, f"{rel} imports {reached}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
@@ -61,3 +69,28 @@ def test_no_print_outside_renderers_and_cli() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id != "print", f"{rel} calls print()"
+
+
+def test_cli_top_level_imports_are_minimal() -> None:
+    """cli.py, imported by every command, loads click and errors at the top, not asyncio or rich."""
+    tree = ast.parse((PKG / "cli.py").read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    assert found <= {"__future__", "os", "sys", "collections.abc", "dataclasses", "typing", "click", "norn_cli", "norn_cli.errors"}
+
+
+def test_emit_loads_nothing_it_does_not_use(thread_hub: ThreadHub) -> None:
+    """`norn emit` imports no rich, no renderer, no tail or server code (-X importtime)."""
+    done = run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "x", PYTHONPROFILEIMPORTTIME="1")
+    assert done.returncode == 0, done.stderr
+    modules = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "norn_cli.emitting" in modules
+    assert not {
+        m for m in modules
+        if m.split(".")[0] in ("rich", "pygments", "markdown_it")
+        or m.startswith(("norn_cli.render", "norn_cli.tailing", "norn_cli.server", "norn_cli.hub"))
+    }  # fmt: skip
