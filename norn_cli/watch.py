@@ -22,6 +22,7 @@ __all__ = ["RunView", "Target", "find_run", "follow", "run_events", "show_run", 
 
 EVERYTHING = 1_000_000_000  # `last=` this replays all the hub retains
 REFRESH = 0.125  # seconds between redraws of a live view (spinners, clocks)
+GIVE_UP_AFTER = 30.0  # seconds without the hub before a watched run is reported lost (exit 3)
 
 
 class RunView(Protocol):
@@ -111,8 +112,9 @@ async def run_events(
     """The run's envelopes (and any `hub.gap`), replayed then live, ending with its last event."""
     where: dict[str, Any] = {"since": target.since} if target.since else {"last": EVERYTHING}
     events = client.subscribe(
-        client.Endpoint.parse(url), apps=[target.app], cafile=cafile, on_notice=on_notice, **where
-    )
+        client.Endpoint.parse(url), apps=[target.app], cafile=cafile, on_notice=on_notice,
+        give_up_after=GIVE_UP_AFTER, **where,
+    )  # fmt: skip
     try:
         async for env in events:
             if env.get("type") == "hub.gap" or target.belongs(env):
