@@ -7,17 +7,36 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from norn_cli.events import Event, EventId, Filter, format_id, make_event
 
-__all__ = ["Broker", "Deliver", "MemoryBroker", "Replay", "Unavailable", "open_broker"]
+__all__ = ["Broker", "Deliver", "MemoryBroker", "Receiver", "Replay", "Unavailable", "open_broker"]
 
 Deliver = Callable[[Sequence[Event]], None]
 """Called by a broker with newly ordered events, in order, once each."""
 
 Item = tuple[str, str, Mapping[str, Any]]
 """A validated event to publish: (type, appId, payload)."""
+
+
+class Receiver(Protocol):
+    """The rest of the hub, for a broker that delivers on its own (a reader task).
+
+    Events a publisher handed over are written out by that publisher's
+    `flush`; events a reader task receives need the reader to flush, and to
+    wait while subscribers are congested instead of queueing without bound.
+    """
+
+    @property
+    def congested(self) -> bool:
+        """True while some subscriber's connection is not draining."""
+
+    def flush(self) -> None:
+        """Write what `deliver` queued."""
+
+    async def wait_for_room(self, now: float) -> None:
+        """Return once subscribers drain (or are found stalled)."""
 
 
 class Unavailable(Exception):
@@ -45,8 +64,12 @@ class Broker(abc.ABC):
     name: str = "broker"
 
     @abc.abstractmethod
-    async def start(self, deliver: Deliver) -> None:
-        """Begin delivering events to `deliver`."""
+    async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:
+        """Begin delivering events to `deliver`.
+
+        A broker that receives events by itself (not from `publish`) also
+        uses `hub` to flush them and to pace itself.
+        """
 
     @abc.abstractmethod
     async def publish(self, items: Sequence[Item]) -> list[Event]:
@@ -89,13 +112,18 @@ class Broker(abc.ABC):
 
 
 class IdClock:
-    """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back."""
+    """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back.
 
-    __slots__ = ("_ms", "_seq")
+    The first id is in a millisecond after the clock's creation, so it is
+    above every id issued by a process that stopped before this one began.
+    """
+
+    __slots__ = ("_ms", "_seq", "floor")
 
     def __init__(self) -> None:
-        self._ms = 0
+        self._ms = int(time.time() * 1000) + 1
         self._seq = -1
+        self.floor: EventId = (self._ms, -1)  # below every id this clock issues
 
     def next(self) -> tuple[EventId, int]:
         now = int(time.time() * 1000)
@@ -122,12 +150,13 @@ class MemoryBroker(Broker):
         self._size = history
         self._clock = IdClock()
         # Every event after `_floor` is retained: it is the last evicted
-        # event, or the instant this broker was made.
-        self._floor: EventId = (int(time.time() * 1000), -1)
+        # event, or just below the first id this broker issues.
+        self._floor: EventId = self._clock.floor
         self._deliver: Deliver | None = None
         self._last = ""
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:
+        # Events are delivered inside `publish`; the publisher flushes them.
         self._deliver = deliver
 
     def publish_now(self, items: Sequence[Item]) -> list[Event]:
@@ -195,7 +224,12 @@ def open_broker(url: str | None, *, history: int, stream: str = "norn:events") -
     if not url or url == "memory":
         return MemoryBroker(history)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from norn_cli.redis_broker import RedisBroker  # imported only when used
+        try:
+            from norn_cli.redis_broker import RedisBroker  # imported only when used
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "redis":
+                raise
+            raise ValueError("a redis:// broker needs the redis package (pip install 'norn-cli[redis]')") from None
 
         return RedisBroker(url, history=history, stream=stream)
     raise ValueError(f"unknown broker URL {url!r} (use memory or redis://HOST:PORT/DB)")

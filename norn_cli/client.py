@@ -4,10 +4,13 @@ pipelined publishing, and a subscription that reconnects and resumes from the la
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
+import errno
 import random
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from norn_cli.errors import ConfigError, HubUnreachable, OperationFailed, Unauthorized
 from norn_cli.events import dumps, loads
 
-__all__ = ["ApiClient", "Endpoint", "publish_stream", "subscribe"]
+__all__ = ["ApiClient", "Endpoint", "Frame", "publish_stream", "subscribe", "subscribe_frames"]
 
 Notice = Callable[[str], None]
 MAX_EVENT_FRAME = 1 << 20
@@ -113,6 +116,8 @@ async def open_connection(
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
         if isinstance(exc, TimeoutError):
             reason = "timed out"
+        elif isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+            reason = "connection refused"
         raise HubUnreachable(f"cannot reach the hub at {endpoint}: {reason}") from None
 
 
@@ -258,7 +263,36 @@ def _query(apps: Sequence[str], types: Sequence[str], since: str | None, last: i
     return q
 
 
-async def subscribe(
+class Frame(NamedTuple):
+    """One frame from `/ws`: the decoded envelope and the text exactly as received."""
+
+    envelope: dict[str, Any]
+    raw: str
+
+
+def _resume_anchor(ws: ClientConnection) -> str | None:
+    """The id this subscription started after, so that one which has seen no
+    event yet resumes there and loses nothing published while it was away.
+
+    norn's hub says it exactly (`Norn-Last-Id`). For other hubs it is taken
+    from the `Date` header, with one-second resolution: at worst a few events
+    published in the second before the subscription are replayed too.
+    """
+    response = ws.response
+    exact = response.headers.get("Norn-Last-Id") if response is not None else None
+    if exact:
+        return exact
+    date = response.headers.get("Date") if response is not None else None
+    if not date:
+        return None
+    try:
+        seconds = int(email.utils.parsedate_to_datetime(date).timestamp())
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f"{seconds * 1000 - 1}-999999999999999"
+
+
+async def subscribe_frames(
     endpoint: Endpoint,
     *,
     apps: Sequence[str] = (),
@@ -270,23 +304,22 @@ async def subscribe(
     on_notice: Notice | None = None,
     give_up_after: float | None = None,
     backoff: tuple[float, float] = (0.2, 5.0),
-) -> AsyncIterator[dict[str, Any]]:
-    """Stream envelopes from `/ws`, filtered by the hub.
+    on_connect: Notice | None = None,
+) -> AsyncGenerator[Frame, None]:
+    """`subscribe`, yielding each frame's text as received beside its envelope.
 
-    After a lost connection (restart, network, a slow-consumer drop) it
-    reconnects with exponential backoff and jitter and resumes from the last
-    id it yielded, so nothing still retained is lost or repeated. The first
-    connection failing, `reconnect=False`, or `give_up_after` seconds without
-    a connection raise HubUnreachable.
+    `on_connect` is told the URL each time a connection is established.
     """
     notice = on_notice or (lambda _msg: None)
     last_id = since
+    anchor: str | None = None
     connected_once = False
     delay = backoff[0]
     lost_at: float | None = None
     loop = asyncio.get_running_loop()
     while True:
-        url = endpoint.ws_url(_query(apps, types, last_id, last if last_id is None else None))
+        resume = last_id or anchor
+        url = endpoint.ws_url(_query(apps, types, resume, last if resume is None else None))
         try:
             ws = await open_connection(url, endpoint, cafile=cafile)
         except HubUnreachable as exc:
@@ -301,18 +334,24 @@ async def subscribe(
             continue
         if connected_once:
             notice(f"reconnected to {endpoint}" + (f", resuming after {last_id}" if last_id else ""))
+        elif last_id is None and last is None:
+            anchor = _resume_anchor(ws)
+        if on_connect is not None:
+            on_connect(url)
         connected_once = True
         delay = backoff[0]
         lost_at = None
         try:
             async for raw in ws:
-                env = loads(raw)
+                text = raw if isinstance(raw, str) else raw.decode()
+                env = loads(text)
                 if isinstance(env, dict):
                     event_id = env.get("id")
                     if isinstance(event_id, str) and event_id:
                         last_id = event_id
-                    yield env
-            reason = _closed_reason(ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent))
+                    yield Frame(env, text)
+            proto = ws.protocol  # ended cleanly (1000/1001): the iterator swallowed the exception
+            reason = _closed_reason(ConnectionClosed(proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent))
         except ConnectionClosed as exc:
             reason = _closed_reason(exc)
         except ValueError:
@@ -323,3 +362,35 @@ async def subscribe(
             raise HubUnreachable(f"lost the hub at {endpoint}: {reason}")
         lost_at = loop.time()
         notice(f"lost the hub at {endpoint} ({reason}); reconnecting")
+
+
+async def subscribe(
+    endpoint: Endpoint,
+    *,
+    apps: Sequence[str] = (),
+    types: Sequence[str] = (),
+    since: str | None = None,
+    last: int | None = None,
+    reconnect: bool = True,
+    cafile: str | None = None,
+    on_notice: Notice | None = None,
+    give_up_after: float | None = None,
+    backoff: tuple[float, float] = (0.2, 5.0),
+    on_connect: Notice | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Stream envelopes from `/ws`, filtered by the hub.
+
+    After a lost connection (restart, network, a slow-consumer drop) it
+    reconnects with exponential backoff and jitter and resumes from the last
+    id it yielded, so nothing still retained is lost or repeated. The first
+    connection failing, `reconnect=False`, or `give_up_after` seconds without
+    a connection raise HubUnreachable.
+    """
+    frames = subscribe_frames(
+        endpoint, apps=apps, types=types, since=since, last=last, reconnect=reconnect,
+        cafile=cafile, on_notice=on_notice, give_up_after=give_up_after, backoff=backoff,
+        on_connect=on_connect,
+    )  # fmt: skip
+    async with contextlib.aclosing(frames):
+        async for frame in frames:
+            yield frame.envelope

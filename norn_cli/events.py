@@ -13,6 +13,7 @@ from typing import Any
 from norn_cli.errors import EventError
 from norn_cli.wire import text_frame
 
+_orjson: Any
 try:  # orjson is an optional speed-up; the stdlib is the fallback.
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent

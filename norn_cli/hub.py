@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from norn_cli.broker import Broker, Item
+from norn_cli.broker import Broker, Item, Unavailable
 from norn_cli.events import Event, EventId, Filter, dumps
 from norn_cli.wire import text_frame
 
@@ -17,6 +17,8 @@ log = logging.getLogger("norn.hub")
 
 SLOW_CODE = 1013
 SLOW_REASON = "slow consumer"
+HISTORY_CODE = 1011
+HISTORY_REASON = "event history unavailable"
 
 
 class Sink(Protocol):
@@ -95,7 +97,7 @@ class Hub:
         self.dropped = 0
 
     async def start(self) -> None:
-        await self.broker.start(self.deliver)
+        await self.broker.start(self.deliver, self)
 
     # ------------------------------------------------------------ publishing
 
@@ -212,6 +214,14 @@ class Hub:
         self._handoffs.append(m)
         try:
             replay = await self.broker.replay(since=since, last=last, flt=m.flt)
+        except Unavailable as exc:
+            # The member was promised a replay it cannot have: close it so
+            # its client reconnects and asks again, rather than leave it mute.
+            log.warning("cannot replay history for a subscriber: %s", exc)
+            if not m.closed:
+                self.leave(m)
+                m.sink.drop(HISTORY_CODE, HISTORY_REASON)
+            return
         finally:
             self._handoffs.remove(m)
         held, m.handoff = m.handoff, None

@@ -88,11 +88,6 @@ def _response(status: int, reason: str, body: bytes, ctype: str) -> Response:
     return Response(status, reason, headers, body)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
@@ -160,6 +155,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
         srv.conns.discard(self)
+        if not srv.conns and srv.all_closed is not None:
+            srv.all_closed.set()
         if self.member is not None:
             srv.hub.leave(self.member)
             log.info("subscriber %s disconnected", self.peer)
@@ -221,10 +218,8 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
-        elif self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()  # a no-op once the connection is gone
 
     # -------------------------------------------------------- handshake
 
@@ -282,7 +277,12 @@ class _Conn(asyncio.Protocol):
         except ValueError as exc:
             self._reject(400, "Bad Request", str(exc))
             return
-        self._accept(req)
+        response = self.proto.accept(req)
+        if response.status_code == 101:
+            # Where this subscription starts: a client that loses the
+            # connection before its first event resumes after this id.
+            response.headers["Norn-Last-Id"] = srv.broker.last_id or "0-0"
+        self._respond(response)
         if self.proto.state is OPEN:
             self.kind = "ws"
             self._pump()  # the 101 goes out before any replayed event
@@ -411,24 +411,35 @@ class _Conn(asyncio.Protocol):
                 self.wake = None
             replies: list[bytes] = []
             while requests:
+                if hub.congested:
+                    # A subscriber is behind but may still be draining: deliver
+                    # and ack what we have, then hold this publisher for it.
+                    self._answer(replies)
+                    replies = []
+                    await hub.wait_for_room(loop.time())
+                    if not requests:
+                        break
                 item = requests.popleft()
                 if isinstance(item, Exception):
                     srv.count_op("invalid")
                     replies.append(dumps(_error_reply("bad_request", str(item))))
                 else:
                     replies.append(dumps(await srv.handle(item)))
-            hub.flush()
-            if self.proto.state is OPEN and not self.closing:
-                # One write for the whole burst of replies (a syscall each
-                # was a quarter of the /api path's time). Server frames are
-                # unmasked, so they are built here like the hub's own frames;
-                # websockets' outgoing buffer is empty between callbacks.
-                self.transport.write(b"".join([text_frame(r) for r in replies]))
+            self._answer(replies)
             if self.paused_reading:
                 self.paused_reading = False
                 self.transport.resume_reading()
-            if hub.congested:
-                await hub.wait_for_room(loop.time())
+
+    def _answer(self, replies: list[bytes]) -> None:
+        """Send queued events to subscribers first, then the acks, in one write."""
+        self.srv.hub.flush()
+        if replies and self.proto.state is OPEN and not self.closing:
+            # One transport write for the burst (a syscall per reply was a
+            # quarter of the /api path's time). Server frames are unmasked,
+            # so they are built like the hub's own; websockets' outgoing
+            # buffer is always empty between callbacks.
+            assert self.transport is not None
+            self.transport.write(b"".join([text_frame(r) for r in replies]))
 
 
 def _parse_subscription(query: str) -> tuple[Filter, Any, int | None]:
@@ -492,6 +503,7 @@ class HubServer:
         self.ops: dict[str, OpHandler] = dict(ops or {})
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[_Conn] = set()
+        self.all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
         self.api_conns = 0
         self.op_counts: dict[str, int] = {}
         self.started = time.time()
@@ -553,11 +565,13 @@ class HubServer:
         conns = list(self.conns)
         for conn in conns:
             conn.close(code, reason)
-        deadline = self.loop.time() + self.close_timeout
-        while self.conns and self.loop.time() < deadline:
-            waiter: asyncio.Future[None] = self.loop.create_future()
-            self.loop.call_later(0.02, _resolve, waiter)
-            await waiter
+        if self.conns:
+            self.all_closed = asyncio.Event()
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    await self.all_closed.wait()
+            except TimeoutError:
+                pass
         for conn in list(self.conns):
             conn._abort()
         await self.broker.close()

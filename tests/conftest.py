@@ -68,7 +68,10 @@ class ThreadHub:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.close()  # else its self-pipe leaks: ResourceWarning, an error here
 
     async def _serve(self) -> None:
         try:
@@ -104,6 +107,8 @@ class ThreadHub:
         if self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(TIMEOUT)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Output for people and pipes: event lines (rich), plain text and templates."""
+"""Output for people and pipes: event lines, the pipeline view, plain text and templates.
+
+The renderers are the only modules that import rich.
+"""
 
 from __future__ import annotations
 

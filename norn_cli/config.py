@@ -1,0 +1,201 @@
+"""The apps of `norn.toml`: their steps, environment and health checks, parsed and checked.
+
+Only the `[apps.*]` tables belong to this module; other top-level tables are
+left to whoever reads them. Inside an app every key is checked, so a typo
+(`helth = ...`) is refused at `norn serve` start instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from norn_cli.errors import ConfigError
+
+__all__ = ["KINDS", "App", "Config", "Step", "find_config", "load_config", "parse_config"]
+
+CONFIG_NAME = "norn.toml"
+KINDS = ("deploy", "forge", "teardown", "restart", "rollback")
+"""The pipelines an app may define, each an ordered array of steps."""
+
+DEFAULT_REF = "HEAD"
+_APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_APP_KEYS = frozenset({"workdir", "env", "health", "health_interval", "health_timeout", "ref", *KINDS})
+_STEP_KEYS = frozenset({"name", "run", "timeout", "env"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline: a shell command run in the app's workdir."""
+
+    name: str
+    run: str
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class App:
+    """An app the hub can deploy, forge, tear down, restart, roll back and health-check."""
+
+    name: str
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    health: str | None = None
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    ref: str = DEFAULT_REF
+    pipelines: Mapping[str, tuple[Step, ...]] = field(default_factory=dict)
+
+    def steps(self, kind: str) -> tuple[Step, ...]:
+        """The app's steps for `kind` (empty when it has none)."""
+        return self.pipelines.get(kind, ())
+
+
+@dataclass(frozen=True)
+class Config:
+    """The apps of one `norn.toml` (none when the hub runs without one)."""
+
+    path: Path | None = None
+    apps: Mapping[str, App] = field(default_factory=dict)
+
+
+def find_config(explicit: str | None, cwd: Path) -> Path | None:
+    """The file to read: `explicit` (which must exist), else `./norn.toml` if present."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return path
+    default = cwd / CONFIG_NAME
+    return default if default.is_file() else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and check a config file; ConfigError names the file and the key or line."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_config(text, path=path)
+
+
+def parse_config(text: str, *, path: Path) -> Config:
+    """Parse `norn.toml` text; relative workdirs are taken from `path`'s folder."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    apps_doc = doc.get("apps", {})
+    where = _Where(path)
+    if not isinstance(apps_doc, dict):
+        raise where.error("apps", "must be a table of apps, like [apps.mail-agent]")
+    base = path.resolve().parent
+    apps = {name: _parse_app(where, base, name, body) for name, body in apps_doc.items()}
+    return Config(path=path, apps=apps)
+
+
+class _Where:
+    """Builds errors that name the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key} {problem}")
+
+
+def _parse_app(where: _Where, base: Path, name: str, body: Any) -> App:
+    key = f"apps.{name}"
+    if not _APP_RE.match(name):
+        raise where.error(key, "is not a usable app name (letters, digits, '.', '_', '-'; at most 64)")
+    if not isinstance(body, dict):
+        raise where.error(key, "must be a table")
+    _no_unknown(where, key, body, _APP_KEYS)
+    workdir = base / _get(where, key, body, "workdir", str, ".")
+    env = _env(where, f"{key}.env", body.get("env", {}))
+    health = _get(where, key, body, "health", str, None)
+    if health is not None and not health.startswith(("http://", "https://")):
+        raise where.error(f"{key}.health", f"must be an http:// or https:// URL, got {health!r}")
+    interval = _positive(where, key, body, "health_interval", 10.0)
+    timeout = _positive(where, key, body, "health_timeout", 5.0)
+    ref = _get(where, key, body, "ref", str, DEFAULT_REF)
+    pipelines = {kind: _parse_steps(where, f"{key}.{kind}", body[kind]) for kind in KINDS if kind in body}
+    return App(name, workdir, env, health, interval, timeout, ref, pipelines)
+
+
+def _parse_steps(where: _Where, key: str, value: Any) -> tuple[Step, ...]:
+    if not isinstance(value, list):
+        raise where.error(key, f"must be an array of steps, like [[{key}]]")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, body in enumerate(value):
+        skey = f"{key}[{i}]"
+        if not isinstance(body, dict):
+            raise where.error(skey, "must be a table with name and run")
+        _no_unknown(where, skey, body, _STEP_KEYS)
+        if "run" not in body:
+            raise where.error(skey, "has no 'run' (the shell command of the step)")
+        run = _get(where, skey, body, "run", str, "")
+        if not run.strip():
+            raise where.error(f"{skey}.run", "is empty")
+        name = _get(where, skey, body, "name", str, f"step-{i + 1}")
+        if not name.strip() or name in seen:
+            raise where.error(f"{skey}.name", f"{name!r} is empty or names another step too")
+        seen.add(name)
+        timeout = _positive(where, skey, body, "timeout", None)
+        steps.append(Step(name, run, timeout, _env(where, f"{skey}.env", body.get("env", {}))))
+    return tuple(steps)
+
+
+def _no_unknown(where: _Where, key: str, body: dict[str, Any], known: frozenset[str]) -> None:
+    for name in body:
+        if name not in known:
+            raise where.error(f"{key}.{name}", f"is not a known key (known: {', '.join(sorted(known))})")
+
+
+def _get(where: _Where, key: str, body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    if name not in body:
+        return default
+    value = body[name]
+    if not isinstance(value, kind):
+        raise where.error(f"{key}.{name}", f"must be {_TOML_NAMES[kind]}, got {_toml_kind(value)}")
+    return value
+
+
+def _positive(where: _Where, key: str, body: dict[str, Any], name: str, default: float | None) -> Any:
+    if name not in body:
+        return default
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise where.error(f"{key}.{name}", f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _env(where: _Where, key: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise where.error(key, f"must be a table like {{ NAME = \"value\" }}, got {_toml_kind(value)}")
+    out: dict[str, str] = {}
+    for name, v in value.items():
+        if not _ENV_RE.match(name):
+            raise where.error(f"{key}.{name}", "is not a valid environment variable name")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise where.error(f"{key}.{name}", f"must be a string or a number, got {_toml_kind(v)}")
+        out[name] = str(v)
+    return out
+
+
+_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+
+
+def _toml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return _TOML_NAMES.get(type(value)) or f"a {type(value).__name__}"

@@ -1,0 +1,534 @@
+"""Runs an app's configured steps as subprocesses on the hub and publishes their events.
+
+A run is one pipeline (deploy, forge, teardown, restart, rollback) of one
+app. Its events, all carrying `runId`: `<kind>.queued` (with the planned
+`steps`), per step `<kind>.step` running / output / completed or failed,
+then `<kind>.completed` or `<kind>.failed`. Deploy events carry the full
+Deployment object; a restart announces `app.restarted` when it succeeds,
+a rollback `deploy.rollback` when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from norn_cli.config import KINDS, App, Config, Step
+from norn_cli.errors import OperationFailed
+from norn_cli.events import Event, Filter, now_ts, validate_event
+from norn_cli.health import check_health
+from norn_cli.hub import Hub
+
+__all__ = ["CANCELLED", "Runner", "attach_runner"]
+
+log = logging.getLogger("norn.pipeline")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+CANCELLED = "cancelled: the hub is shutting down"
+OUTPUT_INTERVAL = 0.25  # at most one output event per step this often
+OUTPUT_MAX_CHARS = 8192  # per output event; older lines are dropped, the tail kept
+LINE_MAX = 1000  # characters kept of one output line
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a step's process group
+DRAIN_GRACE = 0.5  # seconds to collect output after the step's shell exited
+HEALTH_HEARTBEAT = 10  # publish app.status at least every this many checks
+KEEP_RUNS = 200  # finished runs remembered for `runinfo`
+_REF_RE = re.compile(r"^[A-Za-z0-9._/@:+-]{1,200}$")
+
+
+@dataclass
+class _Run:
+    id: str
+    app: App
+    kind: str
+    ref: str
+    image_tag: str | None
+    started_at: str
+    steps: list[dict[str, Any]]
+    since: str = ""
+    queued_id: str = ""
+    status: str = "queued"
+    current: str = ""
+    finished_at: str | None = None
+    error: str | None = None
+    failed_step: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.app.name, self.kind
+
+
+class _Server(Protocol):
+    """What the runner needs of a HubServer (this module does not import the server)."""
+
+    hub: Hub
+    ops: dict[str, Handler]
+    on_shutdown: list[Callable[[], Awaitable[None]]]
+
+
+def attach_runner(srv: _Server, config: Config, **options: Any) -> Runner:
+    """A runner for `config`'s apps on `srv`: its /api ops, and its shutdown hook.
+
+    Call `runner.start()` once the server is serving to begin health checks.
+    """
+    runner = Runner(config, srv.hub, **options)
+    srv.ops.update(runner.ops)
+    srv.on_shutdown.append(runner.shutdown)
+    return runner
+
+
+class Runner:
+    """The apps' pipelines and health checks, publishing into `hub`.
+
+    Give `ops` to `HubServer(ops=...)`, call `start()` once the hub serves
+    (health checks) and register `shutdown` in `srv.on_shutdown`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        hub: Hub,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        output_interval: float = OUTPUT_INTERVAL,
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
+        self.apps = config.apps
+        self.hub = hub
+        self.base_env = base_env
+        self.output_interval = output_interval
+        self.kill_grace = kill_grace
+        self._active: dict[tuple[str, str], _Run] = {}
+        self._runs: dict[str, _Run] = {}
+        self._health: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @property
+    def ops(self) -> dict[str, Handler]:
+        """The `/api` ops this runner answers: one per pipeline kind, and `runinfo`."""
+        ops: dict[str, Handler] = {kind: partial(self.trigger, kind) for kind in KINDS}
+        ops["runinfo"] = self.runinfo
+        return ops
+
+    def start(self) -> None:
+        """Begin polling the apps' health URLs (call once the hub is serving)."""
+        for app in self.apps.values():
+            if app.health:
+                self._health.append(asyncio.create_task(self._health_loop(app)))
+
+    async def shutdown(self) -> None:
+        """Stop health checks; cancel running steps, each run ending with `.failed`."""
+        self._closing = True
+        tasks = [*self._health, *(r.task for r in self._active.values() if r.task)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for run in list(self._active.values()):  # cancelled before its task began
+            await self._end_run(run, run.current, CANCELLED)
+
+    # ------------------------------------------------------------ /api ops
+
+    async def trigger(self, kind: str, req: dict[str, Any]) -> dict[str, Any]:
+        """Start a run of `kind` for `req["app"]`; answer with its id and the queued event's id."""
+        if self._closing:
+            raise OperationFailed("the hub is shutting down", code="unavailable")
+        app = self._app(req)
+        steps = app.steps(kind)
+        if not steps and kind not in ("restart", "rollback"):
+            raise OperationFailed(f"{app.name} has no {kind} steps in the hub's config", code="not_found")
+        tag = _word(req, "tag", None) if kind == "rollback" else None
+        if kind == "rollback" and tag is None:
+            raise OperationFailed('rollback needs "tag": the image tag to roll back to', code="bad_request")
+        running = self._active.get((app.name, kind))
+        if running is not None:
+            raise OperationFailed(
+                f"{app.name} already has a {kind} running: run {running.id}, started {running.started_at}",
+                code="conflict",
+            )
+        run = _Run(
+            id=secrets.token_hex(6), app=app, kind=kind, ref=tag or _word(req, "ref", app.ref) or app.ref,
+            image_tag=tag, started_at=now_ts(), steps=[{"name": s.name, "status": "pending"} for s in steps],
+        )  # fmt: skip
+        self._active[run.key] = run  # before any await: a second request now conflicts
+        try:
+            run.since = self.hub.broker.last_id
+            items = [(f"{kind}.queued", app.name, self._queued_payload(run))]
+            if tag is not None:
+                items.append(("deploy.rollback", app.name, {"imageTag": tag, "runId": run.id}))
+            events = await self._publish(*items)
+        except BaseException:
+            del self._active[run.key]
+            raise
+        run.queued_id = events[0].id
+        self._remember(run)
+        run.task = asyncio.create_task(self._execute(run), name=f"norn run {run.id}")
+        return {"runId": run.id, "id": run.queued_id}
+
+    async def runinfo(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Find a run to attach to: by `runId`, or the latest of `app` and `kind` (default deploy).
+
+        Runs published by others (no runId) are found in the retained history.
+        """
+        run_id = req.get("runId")
+        if run_id is not None:
+            if not isinstance(run_id, str) or not run_id:
+                raise OperationFailed('"runId" must be a non-empty string', code="bad_request")
+            run = self._runs.get(run_id)
+            if run is not None:
+                return self._info(run)
+            ev = await self._latest_queued(Filter(types=["*.queued"]), run_id)
+            if ev is None:
+                raise OperationFailed(f"no run {run_id} is known to the hub", code="not_found")
+        else:
+            app = req.get("app")
+            kind = req.get("kind", "deploy")
+            if not isinstance(app, str) or not app:
+                raise OperationFailed('runinfo needs "runId", or "app" (and "kind")', code="bad_request")
+            if kind not in KINDS:
+                raise OperationFailed(f"kind must be one of {', '.join(KINDS)}", code="bad_request")
+            ev = await self._latest_queued(Filter([app], [f"{kind}.queued"]), None)
+            if ev is None:
+                raise OperationFailed(f"no {kind} of {app} is known to the hub", code="not_found")
+        payload = ev.envelope()["payload"]
+        found = self._runs.get(payload.get("runId", ""))
+        if found is not None:
+            return self._info(found)
+        return {"runId": payload.get("runId"), "app": ev.app, "kind": ev.type.split(".")[0],
+                "id": ev.id, "since": "", "status": "unknown"}  # fmt: skip
+
+    def _info(self, run: _Run) -> dict[str, Any]:
+        return {"runId": run.id, "app": run.app.name, "kind": run.kind, "id": run.queued_id,
+                "since": run.since, "status": run.status}  # fmt: skip
+
+    async def _latest_queued(self, flt: Filter, run_id: str | None) -> Event | None:
+        replay = await self.hub.broker.replay(since=(0, 0), last=None, flt=flt)  # all retained
+        for ev in reversed(replay.events):
+            if run_id is None:
+                return ev
+            payload = ev.envelope()["payload"]
+            # Norn's own deploys have no runId: their Deployment id names them.
+            if payload.get("runId") == run_id or (ev.type == "deploy.queued" and payload.get("id") == run_id):
+                return ev
+        return None
+
+    def _app(self, req: dict[str, Any]) -> App:
+        name = req.get("app")
+        if not isinstance(name, str) or not name:
+            raise OperationFailed('the request needs "app": the name of an app', code="bad_request")
+        app = self.apps.get(name)
+        if app is None:
+            known = ", ".join(sorted(self.apps)) or "none; start the hub with --config norn.toml"
+            raise OperationFailed(f"no app {name!r} in the hub's config (apps: {known})", code="not_found")
+        return app
+
+    def _remember(self, run: _Run) -> None:
+        self._runs[run.id] = run
+        excess = len(self._runs) - KEEP_RUNS
+        if excess > 0:
+            done = [rid for rid, r in self._runs.items() if r.finished_at is not None]
+            for rid in done[:excess]:
+                del self._runs[rid]
+
+    # ------------------------------------------------------------ a run
+
+    async def _execute(self, run: _Run) -> None:
+        run.status = "running"
+        error: str | None = None
+        try:
+            for step in run.app.steps(run.kind):
+                error = await self._step(run, step)
+                if error is not None:
+                    break
+        except asyncio.CancelledError:
+            await self._end_run(run, run.current, CANCELLED)
+            raise
+        except Exception as exc:  # the broker failed us mid-run
+            log.exception("run %s of %s failed", run.id, run.app.name)
+            with suppress(Exception):
+                await self._end_run(run, run.current, f"the hub failed: {exc}")
+            return
+        await self._end_run(run, run.current if error else None, error)
+
+    async def _end_run(self, run: _Run, step: str | None, error: str | None) -> None:
+        if self._active.get(run.key) is run:
+            del self._active[run.key]  # before the event: a client may retry at once
+        run.status = "completed" if error is None else "failed"
+        run.finished_at = now_ts()
+        run.error = error
+        run.failed_step = step if error is not None else None
+        app = run.app.name
+        items: list[tuple[str, str, dict[str, Any]]] = []
+        if run.kind == "restart" and error is None:
+            items.append(("app.restarted", app, {"appId": app, "runId": run.id}))
+        items.append((f"{run.kind}.{run.status}", app, self._final_payload(run)))
+        await self._publish(*items)
+
+    def _queued_payload(self, run: _Run) -> dict[str, Any]:
+        if run.kind == "deploy":
+            return self._deployment(run)
+        out = {"app": run.app.name, "runId": run.id, "ref": run.ref, "steps": run.steps,
+               "startedAt": run.started_at}  # fmt: skip
+        if run.image_tag is not None:
+            out["imageTag"] = run.image_tag
+        return out
+
+    def _final_payload(self, run: _Run) -> dict[str, Any]:
+        if run.kind == "deploy":
+            return self._deployment(run)
+        out: dict[str, Any] = {"runId": run.id, "steps": run.steps, "finishedAt": run.finished_at}
+        if run.error is not None:
+            out.update(step=run.failed_step or "", error=run.error)
+        return out
+
+    def _deployment(self, run: _Run) -> dict[str, Any]:
+        """The seed's Deployment object (plus `runId`, and `step` when it failed)."""
+        out = {
+            "id": run.id, "runId": run.id, "app": run.app.name, "ref": run.ref, "status": run.status,
+            "steps": [dict(s) for s in run.steps], "startedAt": run.started_at,
+            "finishedAt": run.finished_at, "error": run.error,
+        }  # fmt: skip
+        if run.failed_step is not None:
+            out["step"] = run.failed_step
+        return out
+
+    # ------------------------------------------------------------ a step
+
+    async def _step(self, run: _Run, step: Step) -> str | None:
+        """Run one step to its end; return None when it succeeded, else why it failed."""
+        loop = asyncio.get_running_loop()
+        run.current = step.name
+        await self._step_event(run, step.name, "running")
+        started = loop.time()
+        tail = _Tail()
+        error: str | None = CANCELLED
+        try:
+            transport, proto = await loop.subprocess_shell(
+                lambda: _StepProtocol(tail, loop), step.run, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=run.app.workdir,
+                env=self._env(run, step), start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            error = f"cannot start in {run.app.workdir}: {exc.strerror or exc}"
+            await self._step_ended(run, step.name, started, [], error)
+            return error
+        pump = asyncio.create_task(self._pump(run, step.name, tail))
+        try:
+            error = await self._supervise(transport, proto, step.timeout)
+        except BaseException:  # cancelled (hub shutting down) or the hub failed
+            await self._kill(transport, proto)
+            raise
+        finally:
+            pump.cancel()
+            transport.close()
+            await asyncio.gather(pump, return_exceptions=True)
+            await self._step_ended(run, step.name, started, tail.take(final=True), error)
+        return error
+
+    async def _supervise(
+        self, transport: asyncio.SubprocessTransport, proto: _StepProtocol, timeout: float | None
+    ) -> str | None:
+        """Wait for the step's shell to exit, killing its process group on timeout."""
+        done, _ = await asyncio.wait({proto.exited}, timeout=timeout)
+        if not done:
+            await self._kill(transport, proto)
+            return f"timed out after {timeout:g}s"
+        # Background processes the step left may hold the pipe: collect briefly, then let go.
+        await asyncio.wait({proto.eof}, timeout=DRAIN_GRACE)
+        return _exit_error(transport.get_returncode())
+
+    async def _kill(self, transport: asyncio.SubprocessTransport, proto: _StepProtocol) -> None:
+        """SIGTERM the step's whole process group, then SIGKILL whatever is left of it."""
+        pgid = transport.get_pid()  # the shell leads its own session and group
+        _killpg(pgid, signal.SIGTERM)
+        await asyncio.wait({proto.exited}, timeout=self.kill_grace)
+        _killpg(pgid, signal.SIGKILL)
+
+    async def _pump(self, run: _Run, step: str, tail: _Tail) -> None:
+        """Publish the step's new output lines, at most once per `output_interval`."""
+        while True:
+            await tail.ready.wait()
+            lines = tail.take()
+            if lines:
+                await self._step_event(run, step, "running", output="\n".join(lines))
+            await asyncio.sleep(self.output_interval)
+
+    async def _step_ended(self, run: _Run, step: str, started: float, lines: list[str], error: str | None) -> None:
+        ms = round((asyncio.get_running_loop().time() - started) * 1000)
+        status = "completed" if error is None else "failed"
+        for s in run.steps:
+            if s["name"] == step:
+                s.update(status=status, durationMs=ms)
+        extra: dict[str, Any] = {"durationMs": ms}
+        if error is not None:
+            extra["error"] = error
+        items = []
+        if lines:
+            items.append(self._step_item(run, step, "running", {"output": "\n".join(lines)}))
+        items.append(self._step_item(run, step, status, extra))
+        await self._publish(*items)
+
+    async def _step_event(self, run: _Run, step: str, status: str, **extra: Any) -> None:
+        if status == "running" and "output" not in extra:
+            for s in run.steps:
+                if s["name"] == step:
+                    s["status"] = status
+        await self._publish(self._step_item(run, step, status, extra))
+
+    def _step_item(self, run: _Run, step: str, status: str, extra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        return f"{run.kind}.step", run.app.name, {"step": step, "status": status, "runId": run.id, **extra}
+
+    def _env(self, run: _Run, step: Step) -> dict[str, str]:
+        env = dict(os.environ if self.base_env is None else self.base_env)
+        env.update(run.app.env)
+        env.update(step.env)
+        env.update(NORN_APP=run.app.name, NORN_REF=run.ref, NORN_RUN_ID=run.id, NORN_KIND=run.kind, NORN_STEP=step.name)
+        if run.image_tag is not None:
+            env["NORN_IMAGE_TAG"] = run.image_tag
+        return env
+
+    async def _publish(self, *items: tuple[str, str, dict[str, Any]]) -> list[Event]:
+        checked = [validate_event({"type": t, "appId": a, "payload": p}) for t, a, p in items]
+        events = await self.hub.publish(checked)
+        self.hub.flush()  # outside an /api request nobody else sends the frames
+        return events
+
+    # ------------------------------------------------------------ health
+
+    async def _health_loop(self, app: App) -> None:
+        """Poll the app's health URL; publish app.status on a change and every few checks."""
+        assert app.health is not None
+        last: tuple[Any, ...] | None = None
+        n = 0
+        while True:
+            status = await check_health(app.health, timeout=app.health_timeout)
+            key = (status["healthy"], status["statusCode"], status["error"])
+            if key != last or n % HEALTH_HEARTBEAT == 0:
+                try:
+                    await self._publish(("app.status", app.name, status))
+                except Exception as exc:  # a broker outage must not end the checks
+                    log.warning("cannot publish the health of %s: %s", app.name, exc)
+            last = key
+            n += 1
+            await asyncio.sleep(app.health_interval)
+
+
+class _StepProtocol(asyncio.SubprocessProtocol):
+    """A step's process: output into a tail buffer, and when the shell exits.
+
+    `exited` resolves when the shell itself exits, even while a background
+    process it started still holds the output pipe open (asyncio's own
+    `Process.wait()` would wait for the pipe too).
+    """
+
+    def __init__(self, tail: _Tail, loop: asyncio.AbstractEventLoop) -> None:
+        self.tail = tail
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.eof: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.tail.feed(data if isinstance(data, bytes) else data.encode())
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and not self.eof.done():
+            self.eof.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class _Tail:
+    """A step's output not yet published: whole lines, bounded, keeping the newest."""
+
+    def __init__(self, max_chars: int = OUTPUT_MAX_CHARS) -> None:
+        self.max_chars = max_chars
+        self.ready = asyncio.Event()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
+        self._lines: deque[str] = deque()
+        self._chars = 0
+        self._skipped = 0
+
+    def feed(self, data: bytes) -> None:
+        *lines, partial = (self._partial + self._decoder.decode(data)).replace("\r\n", "\n").split("\n")
+        cut = partial.rfind("\r", 0, len(partial) - 1)  # a final \r may be half of \r\n
+        if cut >= 0:  # a progress bar redrawing its line: keep what a terminal shows
+            partial = partial[cut + 1 :]
+        if len(partial) > LINE_MAX:
+            lines.append(partial)
+            partial = ""
+        self._partial = partial
+        for line in lines:
+            self._push(line)
+
+    def _push(self, line: str) -> None:
+        if "\r" in line:
+            line = line.rstrip("\r").rsplit("\r", 1)[-1]
+        if len(line) > LINE_MAX:
+            line = line[:LINE_MAX] + "…"
+        self._lines.append(line)
+        self._chars += len(line) + 1
+        while self._chars > self.max_chars and len(self._lines) > 1:
+            self._chars -= len(self._lines.popleft()) + 1
+            self._skipped += 1
+        self.ready.set()
+
+    def take(self, *, final: bool = False) -> list[str]:
+        """The lines gathered since the last take (with the unfinished one when `final`)."""
+        if final:
+            rest = self._partial + self._decoder.decode(b"", final=True)
+            self._partial = ""
+            if rest:
+                self._push(rest)
+        lines = list(self._lines)
+        if self._skipped:
+            lines.insert(0, f"… {self._skipped} lines not shown")
+        self._lines.clear()
+        self._chars = self._skipped = 0
+        self.ready.clear()
+        return lines
+
+
+def _word(req: dict[str, Any], name: str, default: str | None) -> str | None:
+    """A ref or tag from a request: a short word, safe to expand unquoted in a shell."""
+    value = req.get(name)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or not _REF_RE.match(value):
+        raise OperationFailed(
+            f'"{name}" must be up to 200 letters, digits or . _ / @ : + -, got {value!r}', code="bad_request"
+        )
+    return value
+
+
+def _exit_error(rc: int | None) -> str | None:
+    if rc == 0:
+        return None
+    if rc is None:
+        return "ended without an exit status"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _killpg(pgid: int | None, sig: signal.Signals) -> None:
+    if pgid is None:
+        return
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

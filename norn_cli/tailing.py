@@ -1,0 +1,161 @@
+"""Following the stream for `norn tail`: stop conditions, the deadline, hub notices, and apps for completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from norn_cli.client import Endpoint, Frame, Notice, open_connection, subscribe_frames
+from norn_cli.errors import OperationFailed, TimedOut
+from norn_cli.events import loads
+
+__all__ = ["Stop", "failure_type", "recent_apps", "tail"]
+
+HUB_PREFIX = "hub."
+COMPLETED, FAILED = ".completed", ".failed"
+
+
+def failure_type(until: str) -> str | None:
+    """`deploy.completed` -> `deploy.failed`: the type that ends a wait for `until` in failure."""
+    if until.endswith(COMPLETED):
+        return until[: -len(COMPLETED)] + FAILED
+    return None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """When a tail is done: after `count` events, at the first `until` (a glob), by `timeout` seconds."""
+
+    count: int | None = None
+    until: str | None = None
+    timeout: float | None = None
+
+    @property
+    def open_ended(self) -> bool:
+        return self.count is None and self.until is None
+
+    def describe_miss(self, seen: int) -> str:
+        """Why the deadline passed unsatisfied, in one sentence."""
+        within = f"within {self.timeout:g}s"
+        if self.until is not None:
+            return f"no {self.until} event arrived {within}"
+        if self.count is not None:
+            return f"{seen} of {self.count} events arrived {within}"
+        return f"no event arrived {within}"
+
+
+def _subscribed_types(types: Sequence[str], stop: Stop) -> list[str]:
+    """With a type filter, also ask for the `--until` types, or they would never arrive."""
+    out = list(types)
+    if out and stop.until is not None:
+        for wanted in (stop.until, failure_type(stop.until)):
+            if wanted is not None and wanted not in out:
+                out.append(wanted)
+    return out
+
+
+async def tail(
+    endpoint: Endpoint,
+    on_frame: Callable[[Frame], None],
+    *,
+    apps: Sequence[str] = (),
+    types: Sequence[str] = (),
+    since: str | None = None,
+    last: int | None = None,
+    stop: Stop = Stop(),
+    reconnect: bool = True,
+    cafile: str | None = None,
+    hub_frames: bool = False,
+    on_gap: Callable[[str, str], None] | None = None,
+    on_notice: Notice | None = None,
+    on_connect: Notice | None = None,
+) -> int:
+    """Hand each event to `on_frame` until `stop` says done; return how many were handed over.
+
+    `hub.*` frames are the hub's own notices: `on_gap(since, oldest)` hears of
+    a possible gap, and `on_frame` sees them only with `hub_frames`. They do
+    not count as events. Raises OperationFailed when the `.failed` twin of a
+    `.completed` `until` type comes first, TimedOut when the deadline passes
+    unsatisfied (an open-ended tail is satisfied by any event), and
+    HubUnreachable as `client.subscribe` does.
+    """
+    seen = 0
+    fail_type = failure_type(stop.until) if stop.until is not None else None
+
+    async def follow() -> None:
+        nonlocal seen
+        frames = subscribe_frames(
+            endpoint, apps=apps, types=_subscribed_types(types, stop), since=since, last=last,
+            reconnect=reconnect, cafile=cafile, on_notice=on_notice, on_connect=on_connect,
+        )  # fmt: skip
+        async with contextlib.aclosing(frames):
+            async for frame in frames:
+                env = frame.envelope
+                etype = env.get("type")
+                etype = etype if isinstance(etype, str) else ""
+                if etype.startswith(HUB_PREFIX):
+                    if etype == "hub.gap" and on_gap is not None:
+                        payload = env.get("payload")
+                        info = payload if isinstance(payload, dict) else {}
+                        on_gap(str(info.get("since", "")), str(info.get("oldest", "")))
+                    if hub_frames:
+                        on_frame(frame)
+                    continue
+                on_frame(frame)
+                seen += 1
+                if fail_type is not None and fnmatch.fnmatchcase(etype, fail_type):
+                    raise OperationFailed(
+                        f"{env.get('appId', '')}: {etype} arrived before {stop.until}", code="failed"
+                    )
+                if stop.until is not None and fnmatch.fnmatchcase(etype, stop.until):
+                    return
+                if stop.count is not None and seen >= stop.count:
+                    return
+
+    if stop.timeout is None:
+        await follow()
+        return seen
+    try:
+        async with asyncio.timeout(stop.timeout):
+            await follow()
+    except TimeoutError:
+        if stop.open_ended and seen > 0:
+            return seen
+        raise TimedOut(stop.describe_miss(seen)) from None
+    return seen
+
+
+async def recent_apps(
+    endpoint: Endpoint, *, cafile: str | None = None, limit: int = 500, budget: float = 1.0, idle: float = 0.25
+) -> list[str]:
+    """The apps among the hub's recent events, for shell completion; [] on any failure.
+
+    Asks `/ws?last=limit` and reads what the replay brings, for at most
+    `budget` seconds and until `idle` seconds pass without a frame.
+    """
+    found: dict[str, None] = {}
+
+    async def collect() -> None:
+        url = endpoint.ws_url([("last", limit)])
+        ws = await open_connection(url, endpoint, cafile=cafile, open_timeout=budget)
+        try:
+            for _ in range(limit):
+                async with asyncio.timeout(idle):
+                    raw = await ws.recv()
+                env: Any = loads(raw)
+                app = env.get("appId") if isinstance(env, dict) else None
+                if isinstance(app, str) and app:
+                    found[app] = None
+        finally:
+            await ws.close()
+
+    try:
+        async with asyncio.timeout(budget):
+            await collect()
+    except Exception:  # completion must never fail loudly
+        pass
+    return sorted(found)

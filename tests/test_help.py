@@ -1,0 +1,48 @@
+"""Every command has help with an example, and `norn --help` lists the exit codes."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from norn_cli.cli import norn
+from norn_cli.errors import EXIT_CODE_HELP, ExitCode
+
+
+def commands() -> list[str]:
+    return sorted(norn.commands)
+
+
+@pytest.mark.parametrize("name", commands())
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    """`norn CMD --help` exits 0 and shows an example invocation."""
+    result = CliRunner().invoke(norn, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    cmd = norn.commands[name]
+    assert cmd.help, f"{name} has no help"
+    assert f"norn {name}" in result.output or "norn " in (cmd.help or ""), f"{name} help has no example"
+
+
+def test_group_help_lists_every_exit_code() -> None:
+    """The top-level help documents each exit code."""
+    result = CliRunner().invoke(norn, ["--help"])
+    assert result.exit_code == 0
+    for code, text in EXIT_CODE_HELP.items():
+        assert f"{int(code):<4} {text}" in result.output
+    assert {int(c) for c in ExitCode} == {0, 1, 2, 3, 4, 5, 130}
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    from norn_cli import __version__
+
+    result = CliRunner().invoke(norn, ["--version"])
+    assert result.output == f"norn, version {__version__}\n"
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    """A typo is Click's usage error, exit 2."""
+    result = CliRunner().invoke(norn, ["serv"])
+    assert result.exit_code == 2
+    assert isinstance(norn, click.Group)

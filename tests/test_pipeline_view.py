@@ -1,0 +1,198 @@
+"""The pipeline view as the user sees it: a live terminal, plain lines in a pipe, NDJSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import pytest
+from rich.console import Console
+from test_run_state import T0, deployment, env
+
+from norn_cli.render.pipeline_view import (
+    JsonView,
+    LinesView,
+    LiveView,
+    PipelineRenderer,
+    clean,
+    fmt_clock,
+    fmt_duration,
+    make_view,
+)
+from norn_cli.render.run_state import RunState
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PLAN = [{"name": n, "status": "pending"} for n in ("build", "test", "push")]
+
+STARTED = [
+    env("deploy.queued", deployment("queued", PLAN)),
+    env("deploy.step", {"step": "build", "status": "running", "runId": "r1"}, T0 + 0.1),
+    env("deploy.step", {"step": "build", "status": "running", "runId": "r1", "output": "step 1/4\nstep 4/4"}, T0 + 1),
+    env("deploy.step", {"step": "build", "status": "completed", "runId": "r1", "durationMs": 1234}, T0 + 1.3),
+    env("deploy.step", {"step": "test", "status": "running", "runId": "r1"}, T0 + 1.3),
+    env("deploy.step", {"step": "test", "status": "running", "runId": "r1",
+                        "output": "collected 12 items\n\x1b[32mtest_a PASSED\x1b[0m"}, T0 + 2),  # fmt: skip
+]
+FAILED = [
+    env("deploy.step", {"step": "test", "status": "failed", "runId": "r1", "durationMs": 1700, "error": "exit status 1"}, T0 + 3),
+    env("deploy.failed", deployment("failed", PLAN, error="exit status 1", step="test"), T0 + 3),
+]
+SUCCEEDED = [
+    env("deploy.step", {"step": "test", "status": "completed", "runId": "r1", "durationMs": 900}, T0 + 2.2),
+    env("deploy.step", {"step": "push", "status": "running", "runId": "r1"}, T0 + 2.2),
+    env("deploy.step", {"step": "push", "status": "completed", "runId": "r1", "durationMs": 300}, T0 + 2.5),
+    env("deploy.completed", deployment("completed", PLAN), T0 + 2.5),
+]
+
+
+def console(file: io.StringIO, terminal: bool) -> Console:
+    return Console(file=file, width=80, force_terminal=terminal, color_system="standard" if terminal else None)
+
+
+def plain(text: str) -> list[str]:
+    """The screen's lines without colour codes or trailing blanks."""
+    return [line.rstrip() for line in _ANSI.sub("", text).splitlines()]
+
+
+def state_of(envs: list[dict[str, Any]]) -> RunState:
+    state = RunState()
+    for e in envs:
+        state.apply(e, now=T0 + 100)
+    return state
+
+
+def test_while_a_step_runs() -> None:
+    """Header, ✓ with duration, a spinner with the step's clock and its last output, pending dim, the bar."""
+    out = io.StringIO()
+    console(out, True).print(PipelineRenderer().render(state_of(STARTED), now=T0 + 4))
+    lines = plain(out.getvalue())
+    assert lines[0] == "deploy web @ abc  run r1"
+    assert lines[1] == "✓ build  1.2s"
+    assert re.fullmatch(r"\S test   0:02", lines[2])  # the spinner's frame, then 2.7 s of running
+    assert lines[3:5] == ["    │ collected 12 items", "    │ test_a PASSED"]
+    assert lines[5] == "· push   pending"
+    assert re.fullmatch(r"[━╺╸ ]+ 1/3  0:04", lines[6])
+    assert len(lines) == 7
+    assert "\x1b[2m· push   pending" in out.getvalue()  # pending is dim
+
+
+def test_after_a_failure() -> None:
+    """The live view ends with ✗ on the step and a red panel naming the step, the error and its output."""
+    out = io.StringIO()
+    view = LiveView(console(out, True), console(io.StringIO(), True), clock=lambda: T0 + 4)
+    view.start()
+    for e in STARTED + FAILED:
+        view.apply(e)
+    view.stop()
+    screen = out.getvalue()
+    lines = plain(screen)
+    panel = lines[lines.index(next(line for line in lines if line.startswith("╭"))):]
+    assert [line[1:-1].strip() for line in panel[1:-1]] == [
+        "✗ deploy of web failed at test after 3.0s",
+        "exit status 1",
+        "│ collected 12 items",
+        "│ test_a PASSED",
+    ]
+    assert "✗ test   1.7s" in lines and "· push   pending" in lines
+    assert "\x1b[31m╭" in screen  # a red panel
+
+
+def test_after_success() -> None:
+    """Every step ✓ with its duration, a full bar, and a green panel with the total time."""
+    out = io.StringIO()
+    view = LiveView(console(out, True), console(io.StringIO(), True), clock=lambda: T0 + 9)
+    view.start()
+    for e in STARTED + SUCCEEDED:
+        view.apply(e)
+    view.stop()
+    lines = plain(out.getvalue())
+    assert lines[-8:] == [
+        "deploy web @ abc  run r1",
+        "✓ build  1.2s",
+        "✓ test   900ms",
+        "✓ push   300ms",
+        "━" * 70 + " 3/3  0:02",
+        "╭───────────────────────────────────╮",
+        "│ ✓ deploy of web completed in 2.5s │",
+        "╰───────────────────────────────────╯",
+    ]
+    assert "\x1b[32m╭" in out.getvalue()  # a green panel
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    """A pipe gets one plain line per step change, the failing step's output, and the outcome."""
+    out = io.StringIO()
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: T0 + 4)
+    for e in STARTED + FAILED:
+        view.apply(e)
+    assert out.getvalue() == (
+        "deploy web @ abc  run r1: build, test, push\n"
+        "build: running\n"
+        "build: completed in 1.2s\n"
+        "test: running\n"
+        "test: failed in 1.7s: exit status 1\n"
+        "  | collected 12 items\n"
+        "  | test_a PASSED\n"
+        "deploy of web failed at test after 3.0s: exit status 1\n"
+    )
+
+
+def test_plain_lines_for_a_norn_style_run() -> None:
+    """Statuses other than norn's own are printed as published."""
+    out = io.StringIO()
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: T0)
+    view.apply(env("deploy.step", {"step": "build", "status": "building"}, T0))
+    view.apply(env("deploy.step", {"step": "ship", "status": "deployed", "durationMs": "2.5s"}, T0 + 3))
+    view.apply(env("deploy.completed", {"id": "d1", "app": "web", "ref": "x", "status": "complete",
+                                        "steps": [], "startedAt": "2027-01-15T08:00:00.000Z"}, T0 + 3))  # fmt: skip
+    assert out.getvalue().splitlines() == [
+        "deploy web",
+        "build: building",
+        "build: completed in 3.0s",
+        "ship: deployed in 2.5s",
+        "deploy of web completed in 3.0s",
+    ]
+
+
+def test_json_is_exactly_the_envelopes() -> None:
+    """--json: one compact JSON envelope per line, as received, and nothing else on stdout."""
+    out, err = io.StringIO(), io.StringIO()
+    view = JsonView(out, console(err, False))
+    for e in STARTED + SUCCEEDED:
+        view.apply(e)
+    view.notice("hub lost, reconnecting")
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == STARTED + SUCCEEDED
+    assert lines[1] == json.dumps(STARTED[1], separators=(",", ":"), ensure_ascii=False)
+    assert view.state.ok and err.getvalue() == "hub lost, reconnecting\n"
+
+
+def test_untrusted_text_is_not_interpreted() -> None:
+    """Markup stays literal; colour codes are dropped; other control characters are escaped."""
+    assert clean("\x1b[1;32mok\x1b[0m \x07bell\ttab") == "ok \\x07bell    tab"
+    out = io.StringIO()
+    state = state_of([env("forge.step", {"step": "[bold]x[/bold]", "status": "running", "output": "[red]no[/red]"})])
+    console(out, True).print(PipelineRenderer().render(state, now=T0))
+    assert "[bold]x[/bold]" in out.getvalue() and "│ [red]no[/red]" in out.getvalue()
+
+
+@pytest.mark.parametrize(("ms", "text"), [(12, "12ms"), (1234, "1.2s"), (65_000, "1m05s")])
+def test_fmt_duration(ms: float, text: str) -> None:
+    """Durations read the way people say them."""
+    assert fmt_duration(ms) == text
+
+
+def test_fmt_clock() -> None:
+    """A clock for running steps and the whole run."""
+    assert (fmt_clock(4.9), fmt_clock(750), fmt_clock(3723)) == ("0:04", "12:30", "1:02:03")
+
+
+def test_make_view_fits_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--json gives NDJSON; an interactive terminal the live view; anything else plain lines."""
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    assert isinstance(make_view(json=True, no_color=False, stdout=io.StringIO()), JsonView)
+    assert isinstance(make_view(json=False, no_color=False, stdout=io.StringIO()), LinesView)
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    assert isinstance(make_view(json=False, no_color=True, stdout=io.StringIO()), LiveView)

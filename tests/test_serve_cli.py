@@ -1,0 +1,148 @@
+"""`norn serve` as a user runs it: a real subprocess, its startup line, signals, TLS, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import TIMEOUT, norn_argv, norn_env, run_norn
+
+
+class Served:
+    """A `norn serve` subprocess whose stderr we read line by line."""
+
+    def __init__(self, *args: str, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            norn_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=norn_env(**env)
+        )
+        assert self.proc.stderr is not None
+        self.banner = self.proc.stderr.readline().strip()
+        if "listening on" not in self.banner:
+            self.proc.kill()
+            raise AssertionError(f"no startup line: {self.banner!r} {self.proc.stderr.read()}")
+        self.url = self.banner.split("listening on ", 1)[1].split(" ", 1)[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served("-v", "serve", "--port", "0")
+    try:
+        yield s
+    finally:
+        s.stop(signal.SIGKILL)
+
+
+def test_startup_line_says_where_and_how(served: Served) -> None:
+    """One line on stderr names the URL, both endpoints and the broker."""
+    url = served.url
+    assert served.banner == (
+        f"norn hub listening on {url} (subscribe: {url}/ws, publish: {url}/api, broker: memory); Ctrl-C to stop"
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_closes_clients_with_1001_and_exits_0(served: Served, sig: int) -> None:
+    """SIGTERM or SIGINT closes every client with 1001 (going away) and exits 0; -v logs the connection."""
+
+    async def scenario() -> int:
+        async with connect(f"ws://127.0.0.1:{served.port}/ws") as sub:
+            await sub.ping()
+            served.proc.send_signal(sig)
+            with pytest.raises(ConnectionClosed) as info:
+                async with asyncio.timeout(TIMEOUT):
+                    await sub.recv()
+            assert info.value.rcvd is not None
+            return info.value.rcvd.code
+
+    assert asyncio.run(scenario()) == 1001
+    _, err = served.proc.communicate(timeout=TIMEOUT)
+    assert served.proc.returncode == 0
+    assert "subscriber 127.0.0.1:" in err and "connected (all events)" in err
+    assert "Traceback" not in err
+
+
+def test_public_bind_without_token_is_refused() -> None:
+    """Binding a non-loopback address with no token exits 2 with one sentence saying why."""
+    result = run_norn("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "norn: refusing to serve /api on non-loopback address 0.0.0.0 without a token; "
+        "set --token or NORN_TOKEN, or bind 127.0.0.1\n"
+    )
+
+
+def test_port_in_use_is_one_sentence(served: Served) -> None:
+    """A busy port is reported plainly, not as a traceback."""
+    result = run_norn("serve", "--port", str(served.port))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"norn: cannot listen on 127.0.0.1:{served.port}: ")
+    assert result.stderr.count("\n") == 1
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    certfile, keyfile = tmp / "cert.pem", tmp / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certfile, keyfile
+
+
+def test_tls_serves_wss(tmp_path: Path) -> None:
+    """--certfile/--keyfile serve wss:// that a client trusting the CA can use."""
+    certfile, keyfile = _self_signed(tmp_path)
+    s = Served("serve", "--port", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    try:
+        assert s.url.startswith("wss://")
+
+        async def scenario() -> str:
+            ctx = ssl.create_default_context(cafile=str(certfile))
+            async with connect(f"wss://localhost:{s.port}/api", ssl=ctx) as api:
+                await api.send('{"op":"status"}')
+                async with asyncio.timeout(TIMEOUT):
+                    return str(await api.recv())
+
+        assert '"ok":true' in asyncio.run(scenario())
+    finally:
+        assert s.stop()[0] == 0
+
+
+def test_bad_certificate_is_one_sentence(tmp_path: Path) -> None:
+    """An unreadable certificate is reported with its path, exit 2."""
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("not a certificate")
+    result = run_norn("serve", "--port", "0", "--certfile", str(bogus))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"norn: cannot load the TLS certificate {bogus}: ")
+    assert "Traceback" not in result.stderr
