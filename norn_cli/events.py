@@ -17,7 +17,7 @@ _orjson: Any
 try:  # orjson is an optional speed-up; the stdlib is the fallback.
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent
-    _orjson = None  # type: ignore[assignment]
+    _orjson = None
 
 __all__ = [
     "CATALOGUE",

@@ -21,15 +21,15 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, State
+from websockets.server import ServerProtocol
 
 try:  # the C speed-up websockets itself uses to unmask frames
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.protocol import OPEN, State
-from websockets.server import ServerProtocol
 
 from norn_cli import __version__
 from norn_cli.broker import Broker, MemoryBroker, Unavailable
