@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 from norn_cli import __version__
-from norn_cli.broker import Broker, MemoryBroker, Unavailable
+from norn_cli.broker import Broker, Item, MemoryBroker, Unavailable
 from norn_cli.errors import ConfigError, EventError, OperationFailed
 from norn_cli.events import Filter, dumps, loads, parse_id, validate_event
 from norn_cli.hub import Hub, Member
@@ -51,6 +51,7 @@ OperationFailed(message, code=...)."""
 DEFAULT_MAX_SIZE = 64 * 1024
 WRITE_HIGH_WATER = 64 * 1024
 _PENDING_REQUESTS = 256  # pipelined /api requests held before we stop reading
+MERGE_EVENTS = 32  # pipelined publishes folded into one broker call, in events (half the default queue)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -419,12 +420,7 @@ class _Conn(asyncio.Protocol):
                     await hub.wait_for_room(loop.time())
                     if not requests:
                         break
-                item = requests.popleft()
-                if isinstance(item, Exception):
-                    srv.count_op("invalid")
-                    replies.append(dumps(_error_reply("bad_request", str(item))))
-                else:
-                    replies.append(dumps(await srv.handle(item)))
+                replies.extend(dumps(r) for r in await srv.handle_run(requests))
             self._answer(replies)
             if self.paused_reading:
                 self.paused_reading = False
@@ -440,6 +436,28 @@ class _Conn(asyncio.Protocol):
             # buffer is always empty between callbacks.
             assert self.transport is not None
             self.transport.write(b"".join([text_frame(r) for r in replies]))
+
+
+def _publish_plan(req: dict[str, Any]) -> tuple[list[Item], bool] | dict[str, Any]:
+    """A publish request's validated events (and whether it was one `event`), or its error reply."""
+    items: list[Item] = []
+    if "event" in req:
+        try:
+            items.append(validate_event(req["event"]))
+        except EventError as exc:
+            return _error_reply("bad_request", exc.message)
+        return items, True
+    batch = req.get("events")
+    if isinstance(batch, list) and batch:
+        for i, obj in enumerate(batch):
+            try:
+                items.append(validate_event(obj))
+            except EventError as exc:
+                return _error_reply("bad_request", f"events[{i}]: {exc.message}; nothing was published")
+        return items, False
+    if "events" in req:
+        return _error_reply("bad_request", "\"events\" must be a non-empty array of events")
+    return _error_reply("bad_request", "publish needs \"event\" (one) or \"events\" (a batch)")
 
 
 def _parse_subscription(query: str) -> tuple[Filter, Any, int | None]:
@@ -610,22 +628,83 @@ class HubServer:
 
     async def handle(self, raw: bytes) -> dict[str, Any]:
         """Answer one `/api` request; never raises."""
+        return (await self.handle_run(deque([raw])))[0]
+
+    async def handle_run(self, requests: deque[bytes | Exception], limit: int = MERGE_EVENTS) -> list[dict[str, Any]]:
+        """Answer requests from the front of `requests`, in order; never raises.
+
+        Consecutive publishes are ordered by one broker call of at most about
+        `limit` events (one round trip to Redis instead of one per request);
+        each keeps its own reply, and a bad one is refused alone.
+        """
+        replies: list[dict[str, Any]] = []
+        held: list[tuple[int, list[Item], bool]] = []  # (reply index, events, one `event`?)
+        count = 0
+        while requests and count < limit:
+            req, refusal = self._parse(requests.popleft())
+            if refusal is not None:
+                replies.append(refusal)
+                continue
+            if req["op"] != "publish":
+                await self._publish_held(held, replies)
+                replies.append(await self._run_op(req))
+                continue
+            self.count_op("publish")
+            plan = _publish_plan(req)
+            if isinstance(plan, dict):
+                replies.append(plan)
+                continue
+            items, single = plan
+            held.append((len(replies), items, single))
+            replies.append({})
+            count += len(items)
+        await self._publish_held(held, replies)
+        return replies
+
+    def _parse(self, raw: bytes | Exception) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(the request, None), or ({}, the reply refusing it)."""
+        refusal = None
+        if isinstance(raw, Exception):
+            refusal = str(raw)
+        else:
+            try:
+                req = loads(raw)
+            except ValueError as exc:
+                refusal = f"request is not valid JSON: {exc}"
+            else:
+                if not isinstance(req, dict):
+                    refusal = 'request must be a JSON object like {"op": "publish", ...}'
+                elif not isinstance(req.get("op"), str) or not req["op"]:
+                    refusal = 'request needs an "op" (publish, status, ...)'
+                else:
+                    return req, None
+        self.count_op("invalid")
+        return {}, _error_reply("bad_request", refusal)
+
+    async def _publish_held(self, held: list[tuple[int, list[Item], bool]], replies: list[dict[str, Any]]) -> None:
+        """Order the held publishes in one broker call and fill in their replies."""
+        if not held:
+            return
         try:
-            req = loads(raw)
-        except ValueError as exc:
-            self.count_op("invalid")
-            return _error_reply("bad_request", f"request is not valid JSON: {exc}")
-        if not isinstance(req, dict):
-            self.count_op("invalid")
-            return _error_reply("bad_request", "request must be a JSON object like {\"op\": \"publish\", ...}")
-        op = req.get("op")
-        if not isinstance(op, str) or not op:
-            self.count_op("invalid")
-            return _error_reply("bad_request", "request needs an \"op\" (publish, status, ...)")
+            events = await self.hub.publish([item for _, items, _ in held for item in items])
+        except Unavailable as exc:
+            for index, _, _ in held:
+                replies[index] = _error_reply("unavailable", str(exc))
+        except Exception:
+            log.exception("publish failed")
+            for index, _, _ in held:
+                replies[index] = _error_reply("internal", "the hub failed to publish; see its log")
+        else:
+            pos = 0
+            for index, items, single in held:
+                ids = [ev.id for ev in events[pos : pos + len(items)]]
+                pos += len(items)
+                replies[index] = {"ok": True, "id": ids[0]} if single else {"ok": True, "ids": ids}
+        held.clear()
+
+    async def _run_op(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
         try:
-            if op == "publish":
-                self.count_op(op)
-                return await self._publish(req)
             if op == "status":
                 self.count_op(op)
                 return self.status()
@@ -644,28 +723,6 @@ class HubServer:
         except Exception:
             log.exception("op %s failed", op)
             return _error_reply("internal", f"the hub failed to handle {op!r}; see its log")
-
-    async def _publish(self, req: dict[str, Any]) -> dict[str, Any]:
-        if "event" in req:
-            try:
-                item = validate_event(req["event"])
-            except EventError as exc:
-                return _error_reply("bad_request", exc.message)
-            events = await self.hub.publish((item,))
-            return {"ok": True, "id": events[0].id}
-        batch = req.get("events")
-        if isinstance(batch, list) and batch:
-            items = []
-            for i, obj in enumerate(batch):
-                try:
-                    items.append(validate_event(obj))
-                except EventError as exc:
-                    return _error_reply("bad_request", f"events[{i}]: {exc.message}; nothing was published")
-            events = await self.hub.publish(items)
-            return {"ok": True, "ids": [ev.id for ev in events]}
-        if "events" in req:
-            return _error_reply("bad_request", "\"events\" must be a non-empty array of events")
-        return _error_reply("bad_request", "publish needs \"event\" (one) or \"events\" (a batch)")
 
     def status(self) -> dict[str, Any]:
         hub = self.hub

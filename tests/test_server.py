@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections import deque
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT
 from helpers import event, http_get, publish, recv_json, recv_n, request, wait_members, ws
+from norn_cli.broker import MemoryBroker
 from norn_cli.errors import ConfigError
-from norn_cli.server import HubServer
+from norn_cli.server import MERGE_EVENTS, HubServer
 
 
 async def test_bare_subscriber_gets_the_seed_envelope_plus_id_and_ts(hub: HubServer) -> None:
@@ -444,3 +446,42 @@ async def test_handshake_says_where_the_subscription_starts(hub: HubServer) -> N
         async with ws(hub.port) as second:
             assert second.response is not None
             assert second.response.headers["Norn-Last-Id"] == newest
+
+
+class CountingBroker(MemoryBroker):
+    """A memory broker that counts how many calls ordered events."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.calls: list[int] = []
+
+    async def publish(self, items):  # type: ignore[no-untyped-def]
+        self.calls.append(len(items))
+        return await super().publish(items)
+
+
+async def test_pipelined_publishes_are_ordered_in_one_broker_call() -> None:
+    """Consecutive publishes share one broker call; other ops and bad requests keep their place and their own reply."""
+    broker = CountingBroker()
+    async with HubServer(port=0, broker=broker) as srv:
+        one = json.dumps({"op": "publish", "event": event(n=1)}).encode()
+        two = json.dumps({"op": "publish", "events": [event(n=2), event(n=3)]}).encode()
+        bad = json.dumps({"op": "publish", "event": event("deploy.step")}).encode()
+        status = b'{"op": "status"}'
+        replies = await srv.handle_run(deque([one, two, bad, one, status, one, b"{nope"]))
+    assert broker.calls == [4, 1]
+    assert [sorted(r) for r in replies] == [["id", "ok"], ["ids", "ok"], ["error", "ok"], ["id", "ok"], sorted(srv.status()), ["id", "ok"], ["error", "ok"]]
+    ids = [replies[0]["id"], *replies[1]["ids"], replies[3]["id"], replies[5]["id"]]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) and len(set(ids)) == 5
+    assert replies[2]["error"]["message"] == "deploy.step payload needs field 'step'"
+    assert replies[4]["published"] == 4  # status saw the publishes before it, not the one after
+
+
+async def test_a_run_of_publishes_stops_at_the_merge_limit() -> None:
+    """At most about MERGE_EVENTS events are folded into one call; the rest wait in the queue."""
+    broker = CountingBroker()
+    async with HubServer(port=0, broker=broker) as srv:
+        reqs = deque(json.dumps({"op": "publish", "event": event(n=i)}).encode() for i in range(MERGE_EVENTS + 5))
+        first = await srv.handle_run(reqs)
+        rest = await srv.handle_run(reqs)
+    assert (len(first), len(rest), broker.calls) == (MERGE_EVENTS, 5, [MERGE_EVENTS, 5])
