@@ -512,6 +512,7 @@ class HubServer:
         self.port = port
         self.broker = broker if broker is not None else MemoryBroker(history)
         self.hub = Hub(self.broker, queue_size=queue_size, stall_grace=stall_grace)
+        self.merge_events = max(1, min(MERGE_EVENTS, queue_size // 2))
         self.token = token or None
         self.allowed_origins = frozenset(allowed_origins)
         self.max_size = max_size
@@ -630,13 +631,16 @@ class HubServer:
         """Answer one `/api` request; never raises."""
         return (await self.handle_run(deque([raw])))[0]
 
-    async def handle_run(self, requests: deque[bytes | Exception], limit: int = MERGE_EVENTS) -> list[dict[str, Any]]:
+    async def handle_run(self, requests: deque[bytes | Exception]) -> list[dict[str, Any]]:
         """Answer requests from the front of `requests`, in order; never raises.
 
         Consecutive publishes are ordered by one broker call of at most about
-        `limit` events (one round trip to Redis instead of one per request);
-        each keeps its own reply, and a bad one is refused alone.
+        `merge_events` events (one round trip to Redis instead of one per
+        request); each keeps its own reply, and a bad one is refused alone.
+        The limit is half a subscriber's queue, so a subscriber that fell
+        behind just before cannot overflow from one such call.
         """
+        limit = self.merge_events
         replies: list[dict[str, Any]] = []
         held: list[tuple[int, list[Item], bool]] = []  # (reply index, events, one `event`?)
         count = 0
