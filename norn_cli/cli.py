@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -210,7 +210,7 @@ def bench(
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.option(
     "--config", "config_path", envvar="NORN_CONFIG", type=click.Path(dir_okay=False), default=None,
-    help="Apps and their pipelines (default: ./norn.toml when present) [env NORN_CONFIG].",
+    help="[serve] settings and the apps' pipelines (default: ./norn.toml when present) [env NORN_CONFIG].",
 )  # fmt: skip
 @click.pass_obj
 def serve(
@@ -243,20 +243,25 @@ def serve(
     from norn_cli.origin import parse_origins
     from norn_cli.pipeline import attach_runner
 
-    origins = parse_origins([*allowed_origins, os.environ.get("NORN_ALLOWED_ORIGINS", "")])
-    if keyfile and not certfile:
+    try:  # a bad file stops us here, before anything listens
+        config = load_config(find_config(config_path, Path.cwd()))
+    except NornError as exc:
+        _fail(exc.message, int(exc.exit_code))
+    o = _serve_settings(click.get_current_context(), config.serve)
+    env_origins = os.environ.get("NORN_ALLOWED_ORIGINS", "")
+    origins = parse_origins([*allowed_origins, env_origins] if allowed_origins or env_origins else o["allowed_origins"])
+    if o["keyfile"] and not o["certfile"]:
         raise click.UsageError("--keyfile needs --certfile")
     try:
-        the_broker = open_broker(broker, history=history, stream=redis_stream)
+        the_broker = open_broker(o["broker"], history=o["history"], stream=o["redis_stream"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
 
     async def run() -> None:
-        config = load_config(find_config(config_path, Path.cwd()))  # pipelines: a bad file stops us here
-        ssl_context = server.tls_context(certfile, keyfile) if certfile else None
+        ssl_context = server.tls_context(o["certfile"], o["keyfile"]) if o["certfile"] else None
         srv = server.HubServer(
-            host=host, port=port, broker=the_broker, token=serve_token or settings.token,
-            allowed_origins=origins, queue_size=queue_size, history=history, ssl_context=ssl_context,
+            host=o["host"], port=o["port"], broker=the_broker, token=o["serve_token"] or settings.token,
+            allowed_origins=origins, queue_size=o["queue_size"], history=o["history"], ssl_context=ssl_context,
         )  # fmt: skip
         runner = attach_runner(srv, config)
 
@@ -274,6 +279,18 @@ def serve(
         await server.run_until_signalled(srv, started)
 
     _run(run())
+
+
+def _serve_settings(ctx: click.Context, from_file: Mapping[str, Any]) -> dict[str, Any]:
+    """serve's options, with `[serve]` from norn.toml filling those no flag or NORN_* variable set."""
+    from click.core import ParameterSource
+
+    out = dict(ctx.params)
+    for key, value in from_file.items():
+        name = "serve_token" if key == "token" else key
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            out[name] = value
+    return out
 
 
 # ---------------------------------------------------------------- pipelines

@@ -1,8 +1,9 @@
-"""The apps of `norn.toml`: their steps, environment and health checks, parsed and checked.
+"""`norn.toml`: the hub's `[serve]` settings and the apps, their steps, environment and health checks.
 
-Only the `[apps.*]` tables belong to this module; other top-level tables are
-left to whoever reads them. Inside an app every key is checked, so a typo
-(`helth = ...`) is refused at `norn serve` start instead of silently ignored.
+Settings resolve flag > environment (NORN_*) > `[serve]` > default; this
+module only parses and checks, the CLI applies the order. Every key is
+checked, so a typo (`helth = ...`) is refused at `norn serve` start instead
+of silently ignored. Other top-level tables are left to whoever reads them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ _APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _APP_KEYS = frozenset({"workdir", "env", "health", "health_interval", "health_timeout", "ref", *KINDS})
 _STEP_KEYS = frozenset({"name", "run", "timeout", "env"})
+# `[serve]`: the `norn serve` options a file may set, and their TOML types.
+SERVE_KEYS: dict[str, type] = {
+    "host": str, "port": int, "token": str, "allowed_origins": list, "history": int,
+    "queue_size": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class Config:
 
     path: Path | None = None
     apps: Mapping[str, App] = field(default_factory=dict)
+    serve: Mapping[str, Any] = field(default_factory=dict)
+    """`[serve]` settings: option name -> value (paths made absolute)."""
 
 
 def find_config(explicit: str | None, cwd: Path) -> Path | None:
@@ -99,7 +107,30 @@ def parse_config(text: str, *, path: Path) -> Config:
         raise where.error("apps", "must be a table of apps, like [apps.mail-agent]")
     base = path.resolve().parent
     apps = {name: _parse_app(where, base, name, body) for name, body in apps_doc.items()}
-    return Config(path=path, apps=apps)
+    return Config(path=path, apps=apps, serve=_parse_serve(where, base, doc.get("serve", {})))
+
+
+def _parse_serve(where: _Where, base: Path, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise where.error("serve", "must be a table, like [serve]")
+    _no_unknown(where, "serve", body, frozenset(SERVE_KEYS))
+    out: dict[str, Any] = {}
+    for name, kind in SERVE_KEYS.items():
+        value = _get(where, "serve", body, name, kind, None)
+        if value is None:
+            continue
+        if name == "port" and (isinstance(value, bool) or not 0 <= value <= 65535):
+            raise where.error("serve.port", f"must be a port number from 0 to 65535, got {value!r}")
+        if kind is int and (isinstance(value, bool) or value < 0):
+            raise where.error(f"serve.{name}", f"must be a whole number, 0 or more, got {value!r}")
+        if name == "queue_size" and value < 1:
+            raise where.error("serve.queue_size", f"must be at least 1, got {value!r}")
+        if name == "allowed_origins" and not all(isinstance(o, str) for o in value):
+            raise where.error("serve.allowed_origins", "must be an array of strings")
+        if name in ("certfile", "keyfile"):
+            value = str(base / value)
+        out[name] = value
+    return out
 
 
 class _Where:

@@ -106,3 +106,37 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     assert result.stderr == f"norn: {bad}: apps.a.deploy[0] has no 'run' (the shell command of the step)\n"
     env_result = run_norn("serve", "--port", "0", NORN_CONFIG=str(bad))
     assert env_result.returncode == 2 and "apps.a.deploy[0]" in env_result.stderr
+
+
+def test_serve_table(tmp_path: Path) -> None:
+    """[serve] gives serve's settings by option name; files are relative to the config's folder."""
+    cfg = parse_config(
+        '[serve]\nhost = "0.0.0.0"\nport = 9000\ntoken = "t"\nallowed_origins = ["https://ui.example"]\n'
+        'history = 50\nqueue_size = 8\nbroker = "redis://r:6379/0"\nredis_stream = "s"\ncertfile = "tls/c.pem"\n',
+        path=tmp_path / "norn.toml",
+    )
+    assert dict(cfg.serve) == {
+        "host": "0.0.0.0", "port": 9000, "token": "t", "allowed_origins": ["https://ui.example"], "history": 50,
+        "queue_size": 8, "broker": "redis://r:6379/0", "redis_stream": "s", "certfile": str(tmp_path.resolve() / "tls/c.pem"),
+    }  # fmt: skip
+    assert parse_config("", path=tmp_path / "norn.toml").serve == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("serve = 3", "serve must be a table, like [serve]"),
+        ("[serve]\nprot = 1", "serve.prot is not a known key (known: allowed_origins, broker, certfile, history, host, keyfile, port, queue_size, redis_stream, token)"),
+        ("[serve]\nport = 70000", "serve.port must be a port number from 0 to 65535, got 70000"),
+        ("[serve]\nhistory = true", "serve.history must be a whole number, 0 or more, got True"),
+        ("[serve]\nqueue_size = 0", "serve.queue_size must be at least 1, got 0"),
+        ("[serve]\nallowed_origins = [1]", "serve.allowed_origins must be an array of strings"),
+        ("[serve]\nhost = 1", "serve.host must be a string, got an integer"),
+    ],
+)
+def test_bad_serve_table(tmp_path: Path, text: str, message: str) -> None:
+    """Each wrong [serve] value is refused naming the file and the key."""
+    path = tmp_path / "norn.toml"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path=path)
+    assert info.value.message == f"{path}: {message}"

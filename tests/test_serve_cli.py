@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT, norn_argv, norn_env, run_norn
 
@@ -20,9 +20,9 @@ from conftest import TIMEOUT, norn_argv, norn_env, run_norn
 class Served:
     """A `norn serve` subprocess whose stderr we read line by line."""
 
-    def __init__(self, *args: str, **env: str) -> None:
+    def __init__(self, *args: str, cwd: Path | None = None, **env: str) -> None:
         self.proc = subprocess.Popen(
-            norn_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=norn_env(**env)
+            norn_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=norn_env(**env), cwd=cwd
         )
         assert self.proc.stderr is not None
         self.banner = self.proc.stderr.readline().strip()
@@ -146,3 +146,38 @@ def test_bad_certificate_is_one_sentence(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"norn: cannot load the TLS certificate {bogus}: ")
     assert "Traceback" not in result.stderr
+
+
+def _origin_allowed(port: int, origin: str) -> bool:
+    async def attempt() -> bool:
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/ws", origin=origin, open_timeout=TIMEOUT):
+                return True
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 403
+            return False
+
+    return asyncio.run(attempt())
+
+
+def test_serve_table_in_norn_toml_fills_unset_options(tmp_path: Path) -> None:
+    """[serve] in norn.toml sets options no flag or NORN_* variable set; the environment wins over it."""
+    (tmp_path / "norn.toml").write_text('[serve]\nport = 0\nallowed_origins = ["https://ui.example"]\n')
+    from_file = Served("serve", cwd=tmp_path)
+    try:
+        assert _origin_allowed(from_file.port, "https://ui.example")
+    finally:
+        assert from_file.stop()[0] == 0
+    from_env = Served("serve", cwd=tmp_path, NORN_ALLOWED_ORIGINS="https://other.example")
+    try:
+        assert not _origin_allowed(from_env.port, "https://ui.example")
+        assert _origin_allowed(from_env.port, "https://other.example")
+    finally:
+        assert from_env.stop()[0] == 0
+
+
+def test_bad_serve_table_is_one_sentence(tmp_path: Path) -> None:
+    """A wrong [serve] value stops `norn serve` with the file and the key, exit 2."""
+    (tmp_path / "norn.toml").write_text('[serve]\nport = "eighty"\n')
+    result = run_norn("serve", "--config", str(tmp_path / "norn.toml"))
+    assert (result.returncode, result.stderr) == (2, f"norn: {tmp_path / 'norn.toml'}: serve.port must be an integer, got a string\n")
