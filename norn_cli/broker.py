@@ -38,6 +38,9 @@ class Receiver(Protocol):
     async def wait_for_room(self, now: float) -> None:
         """Return once subscribers drain (or are found stalled)."""
 
+    def gap(self, since: str, oldest: str) -> None:
+        """Tell every live subscriber that events after `since` may be missing."""
+
 
 class Unavailable(Exception):
     """The broker cannot order events right now (e.g. Redis is down)."""

@@ -124,6 +124,16 @@ class Hub:
                     if m.handoff is not None and m.flt.match(etype, ev.app):
                         m.handoff.append(ev)
 
+    def gap(self, since: str, oldest: str) -> None:
+        """Send every live member a `hub.gap` frame, in order with its events: the
+        broker lost events after `since` before this hub could deliver them."""
+        frame = _gap_frame(since, oldest)
+        for g in self._groups.values():
+            if not g.batch:
+                self._dirty.append(g)
+            g.batch.append(frame)
+        self.flush()
+
     def flush(self) -> None:
         """Write what `deliver` queued: one write per member per burst."""
         dirty = self._dirty
@@ -229,10 +239,7 @@ class Hub:
             return
         parts = []
         if replay.gap is not None:
-            gap_since, oldest = replay.gap
-            parts.append(text_frame(dumps(
-                {"type": "hub.gap", "appId": "", "payload": {"since": gap_since, "oldest": oldest}}
-            )))  # fmt: skip
+            parts.append(_gap_frame(*replay.gap))
         mark = since or (0, -1)
         for ev in replay.events:
             parts.append(ev.frame)
@@ -300,3 +307,8 @@ class Hub:
         self.dropped += 1
         log.info("dropped a subscriber: %s", reason)
         m.sink.drop(code, reason)
+
+
+def _gap_frame(since: str, oldest: str) -> bytes:
+    """The `hub.gap` frame: events after `since` may be missing; `oldest` is the oldest kept."""
+    return text_frame(dumps({"type": "hub.gap", "appId": "", "payload": {"since": since, "oldest": oldest}}))

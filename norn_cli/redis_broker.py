@@ -359,6 +359,8 @@ class RedisBroker(Broker):
                 "its subscribers may have missed events after %s",
                 self.stream, self._maxlen, self._pos.decode(),
             )  # fmt: skip
+            if self._hub is not None:
+                self._hub.gap(self._pos.decode(), first[0].decode())
 
     # ------------------------------------------------------------ publishing
 

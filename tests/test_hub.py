@@ -143,3 +143,17 @@ async def test_leave_is_idempotent_and_empties_groups() -> None:
     hub.leave(m)
     assert hub.members == 0 and hub._by_app == {} and hub._groups == {}
     await publish(hub, 1)
+
+
+async def test_gap_reaches_every_member_in_order_with_its_events() -> None:
+    """A broker-reported gap is one hub.gap frame to every member, whatever its filter, after what it already had."""
+    hub = await make_hub()
+    a, b = Sink(), Sink()
+    hub.join(hub.add(a, Filter(apps=["a"])))
+    hub.join(hub.add(b, Filter(types=["z.*"])))
+    await publish(hub, 1, app="a")
+    hub.gap("5-0", "9-0")
+    await publish(hub, 2, app="a")
+    gap = {"type": "hub.gap", "appId": "", "payload": {"since": "5-0", "oldest": "9-0"}}
+    assert [e if e["type"] == "hub.gap" else e["payload"]["n"] for e in a.events()] == [1, gap, 2]
+    assert b.events() == [gap]

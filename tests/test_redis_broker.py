@@ -236,6 +236,31 @@ def test_envelope_is_byte_identical_to_make_event(payload: dict[str, Any]) -> No
     assert (got.key, got.id, got.type, got.app, got.data) == (want.key, want.id, want.type, want.app, want.data)
 
 
+def test_a_reader_overrun_tells_live_subscribers() -> None:
+    """When the stream was trimmed past where this hub had read, its subscribers get hub.gap."""
+
+    class Gaps:
+        congested = False
+        seen: list[tuple[str, str]] = []
+
+        def flush(self) -> None: ...
+
+        async def wait_for_room(self, now: float) -> None: ...
+
+        def gap(self, since: str, oldest: str) -> None:
+            self.seen.append((since, oldest))
+
+    broker = RedisBroker("redis://127.0.0.1:1/0", history=1000)
+    receiver = Gaps()
+    broker._hub = receiver
+    broker._pos = b"5-0"
+    broker._apply({"length": 1000, "last-generated-id": b"2000-0", "first-entry": [b"9-0", []]})
+    assert receiver.seen == [("5-0", "9-0")]
+    broker._pos = b"1999-0"  # caught up: the first entry is older than where it is
+    broker._apply({"length": 1000, "last-generated-id": b"2000-0", "first-entry": [b"1000-0", []]})
+    assert receiver.seen == [("5-0", "9-0")]
+
+
 def test_bad_broker_url_is_one_sentence_and_exit_2() -> None:
     """A malformed Redis URL stops `norn serve` with a usage error, not a traceback."""
     result = run_norn("serve", "--port", "0", "--broker", "redis://127.0.0.1:notaport/0")
