@@ -221,6 +221,9 @@ class RedisBroker(Broker):
                 "outage that this hub had not read yet are lost",
                 self.stream, self._pos.decode(),
             )  # fmt: skip
+            if self._hub is not None:
+                first = info.get("first-entry") if info else None
+                self._hub.gap(self._pos.decode(), first[0].decode() if first else "")
         self._apply(info)
         if self._ever_up:
             self._reconnects += 1
