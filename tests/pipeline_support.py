@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, TIMEOUT, ThreadHub, norn_argv
+from conftest import ROOT, TIMEOUT, ThreadHub
 from websockets.asyncio.client import ClientConnection, connect
 
 from norn_cli.config import parse_config
@@ -109,11 +109,6 @@ async def wait_dead(pid: int) -> None:
 # ---------------------------------------------------------------- CLI side
 
 
-def pipeline_argv(*args: str) -> list[str]:
-    """argv running this checkout's `norn`."""
-    return norn_argv(*args)
-
-
 @contextmanager
 def runner_hub(toml: str, workdir: Path, **options: Any) -> Iterator[ThreadHub]:
     """A hub in a thread with a runner for `toml`'s apps; its loop is closed afterwards."""
@@ -132,6 +127,6 @@ def runner_hub(toml: str, workdir: Path, **options: Any) -> Iterator[ThreadHub]:
 
 
 __all__ = [
-    "ROOT", "TIMEOUT", "Events", "api", "milestones", "output_of", "pipeline_argv", "runner_hub",
+    "ROOT", "TIMEOUT", "Events", "api", "milestones", "output_of", "runner_hub",
     "runner_on", "subscribed", "wait_dead",
 ]  # fmt: skip

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, norn_env
-from pipeline_support import pipeline_argv, runner_hub
+from conftest import TIMEOUT, norn_argv, norn_env
+from pipeline_support import runner_hub
 from websockets.sync.client import connect
 
 APPS = """
@@ -49,7 +49,7 @@ def hub_url(tmp_path: Path) -> Iterator[str]:
 
 def norn(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        pipeline_argv(*args), capture_output=True, text=True, timeout=TIMEOUT * 3, env=norn_env(**env)
+        norn_argv(*args), capture_output=True, text=True, timeout=TIMEOUT * 3, env=norn_env(**env)
     )
 
 
@@ -95,7 +95,7 @@ def test_refusals_exit_1_with_one_line(hub_url: str) -> None:
     unknown = norn("--url", hub_url, "deploy", "nope")
     assert (unknown.returncode, unknown.stdout) == (1, "")
     assert unknown.stderr == "norn: no app 'nope' in the hub's config (apps: broken, slow, web)\n"
-    with subprocess.Popen(pipeline_argv("--url", hub_url, "deploy", "slow", "--json"), stdout=subprocess.PIPE,
+    with subprocess.Popen(norn_argv("--url", hub_url, "deploy", "slow", "--json"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=norn_env()) as first:  # fmt: skip
         assert first.stdout is not None
         run_id = json.loads(first.stdout.readline())["payload"]["runId"]
@@ -108,7 +108,7 @@ def test_refusals_exit_1_with_one_line(hub_url: str) -> None:
 
 def test_ctrl_c_detaches_and_says_how_to_reattach(hub_url: str) -> None:
     """Ctrl-C exits 130, the run goes on, and stderr tells how to watch it again."""
-    with subprocess.Popen(pipeline_argv("--url", hub_url, "deploy", "slow", "--json"), stdout=subprocess.PIPE,
+    with subprocess.Popen(norn_argv("--url", hub_url, "deploy", "slow", "--json"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=norn_env()) as proc:  # fmt: skip
         assert proc.stdout is not None and proc.stderr is not None
         run_id = json.loads(proc.stdout.readline())["payload"]["runId"]
@@ -158,7 +158,7 @@ def test_serve_with_config_then_deploy(tmp_path: Path) -> None:
     """`norn serve --config` runs the file's pipelines for `norn deploy`; a stop ends it cleanly."""
     config = tmp_path / "norn.toml"
     config.write_text(APPS)
-    with subprocess.Popen(pipeline_argv("serve", "--port", "0", "--config", str(config)), stderr=subprocess.PIPE,
+    with subprocess.Popen(norn_argv("serve", "--port", "0", "--config", str(config)), stderr=subprocess.PIPE,
                           text=True, env=norn_env()) as serve:  # fmt: skip
         assert serve.stderr is not None
         try:
