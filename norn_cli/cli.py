@@ -204,6 +204,10 @@ def bench(
 )  # fmt: skip
 @click.option("--history", type=click.IntRange(0), default=10_000, show_default=True, envvar="NORN_HISTORY", help="Events retained for since/last replay.")
 @click.option("--queue-size", type=click.IntRange(1), default=64, show_default=True, envvar="NORN_QUEUE_SIZE", help="Per-subscriber send queue, in events.")
+@click.option(
+    "--fanout-threads", type=click.IntRange(0, 16), default=None, envvar="NORN_FANOUT_THREADS", metavar="N",
+    help="Threads besides the event loop writing events to subscribers (default: 1 with two or more CPUs, else 0).",
+)  # fmt: skip
 @click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default) or redis://HOST:PORT/DB [env NORN_BROKER].")
 @click.option("--redis-stream", envvar="NORN_REDIS_STREAM", default="norn:events", show_default=True, metavar="KEY", help="The Redis stream hubs share [env NORN_REDIS_STREAM].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
@@ -221,6 +225,7 @@ def serve(
     allowed_origins: tuple[str, ...],
     history: int,
     queue_size: int,
+    fanout_threads: int | None,
     broker: str | None,
     redis_stream: str,
     certfile: str | None,
@@ -262,6 +267,7 @@ def serve(
         srv = server.HubServer(
             host=o["host"], port=o["port"], broker=the_broker, token=o["serve_token"] or settings.token,
             allowed_origins=origins, queue_size=o["queue_size"], history=o["history"], ssl_context=ssl_context,
+            fanout_threads=o["fanout_threads"],
         )  # fmt: skip
         runner = attach_runner(srv, config)
 

@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "srv", "transport", "proto", "kind", "member", "seen", "ping_due", "requests",
         "wake", "worker", "fragments", "paused_reading", "closing", "peer", "fast", "inbuf", "need",
+        "fd",
     )  # fmt: skip
 
     def __init__(self, srv: HubServer) -> None:
@@ -84,6 +85,7 @@ class Connection(asyncio.Protocol):
         self.fast = False  # /api frames parsed by _fast_frames, not websockets
         self.inbuf: bytearray | None = None  # a partial frame held by _fast_frames
         self.need = 0  # bytes inbuf must hold before parsing it again
+        self.fd = -1  # the socket, for the hub's direct writes (never under TLS)
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -92,6 +94,9 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.srv.ssl_context is None:
+            self.fd = sock.fileno()
         self.srv.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -119,6 +124,7 @@ class Connection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fd = -1
         srv = self.srv
         srv.conns.discard(self)
         if not srv.conns and srv.all_closed is not None:
@@ -148,6 +154,12 @@ class Connection(asyncio.Protocol):
         if not self.closing:
             assert self.transport is not None
             self.transport.write(data)
+
+    def direct_fd(self) -> int:
+        t = self.transport
+        if self.fd < 0 or self.closing or t is None or t.is_closing() or t.get_write_buffer_size():
+            return -1
+        return self.fd
 
     def drop(self, code: int, reason: str) -> None:
         log.info("subscriber %s dropped: %s", self.peer, reason)

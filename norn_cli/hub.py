@@ -10,6 +10,7 @@ from typing import Protocol
 from norn_cli.broker import Broker, Item, Unavailable
 from norn_cli.events import Event, EventId, Filter, dumps
 from norn_cli.wire import text_frame
+from norn_cli.writer import FanoutWriter
 
 __all__ = ["Hub", "Member", "Sink"]
 
@@ -29,6 +30,10 @@ class Sink(Protocol):
 
     def drop(self, code: int, reason: str) -> None:
         """Close the connection with this WebSocket close code."""
+
+    def direct_fd(self) -> int:
+        """A non-blocking socket the hub may write to itself, bypassing `write`,
+        because nothing is buffered in front of it; -1 when there is none."""
 
 
 class Member:
@@ -78,10 +83,18 @@ class Hub:
     makes publishers wait (`wait_for_room`) instead of dropping anyone.
     """
 
-    def __init__(self, broker: Broker, *, queue_size: int = 64, stall_grace: float = 0.5) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        queue_size: int = 64,
+        stall_grace: float = 0.5,
+        writer: FanoutWriter[Member] | None = None,
+    ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self.broker = broker
+        self.writer = writer if writer is not None and writer.enabled else None
         self.queue_size = queue_size
         self.stall_grace = stall_grace
         self._groups: dict[tuple[frozenset[str] | None, frozenset[str] | None], _Group] = {}
@@ -140,6 +153,7 @@ class Hub:
         if not dirty:
             return
         self._dirty = []
+        writer = self.writer
         for g in dirty:
             batch = g.batch
             g.batch = []
@@ -147,11 +161,28 @@ class Hub:
             chunk = batch[0] if n == 1 else b"".join(batch)
             members = g.members
             self.delivered += n * len(members)
+            if writer is not None and len(members) >= writer.min_targets and not self._congested:
+                self._write_parallel(writer, members, chunk)
+                continue
             for m in list(members) if self._congested else members:
                 if m.paused or m.backlog:
                     self._queue(m, chunk, n)
                 else:
                     m.sink.write(chunk)
+
+    def _write_parallel(self, writer: FanoutWriter[Member], members: dict[Member, None], chunk: bytes) -> None:
+        """Write to a big group from several threads (writer.py). Nobody is
+        congested, so nobody has a backlog; a socket that does not take the whole
+        chunk gets the rest through its connection, in order."""
+        targets = []
+        for m in list(members):
+            fd = m.sink.direct_fd()
+            if fd < 0:
+                m.sink.write(chunk)
+            else:
+                targets.append((m, fd))
+        for m, sent in writer.write(targets, chunk):
+            m.sink.write(chunk[sent:] if sent else chunk)
 
     def _queue(self, m: Member, chunk: bytes, n: int) -> None:
         m.backlog.append(chunk)

@@ -25,7 +25,8 @@ from norn_cli.broker import Broker, Item, MemoryBroker, Unavailable
 from norn_cli.connection import Connection, error_reply
 from norn_cli.errors import ConfigError, EventError, OperationFailed
 from norn_cli.events import dumps, loads, validate_event
-from norn_cli.hub import Hub
+from norn_cli.hub import Hub, Member
+from norn_cli.writer import FanoutWriter, default_threads
 
 __all__ = ["HubServer", "OpHandler", "is_loopback_host", "run_until_signalled", "settle_gc", "tls_context"]
 
@@ -103,6 +104,7 @@ class HubServer:
         stall_grace: float = 0.5,
         ssl_context: ssl.SSLContext | None = None,
         ops: dict[str, OpHandler] | None = None,
+        fanout_threads: int | None = None,
     ) -> None:
         if not token and not is_loopback_host(host):
             raise ConfigError(
@@ -112,7 +114,10 @@ class HubServer:
         self.host = host
         self.port = port
         self.broker = broker if broker is not None else MemoryBroker(history)
-        self.hub = Hub(self.broker, queue_size=queue_size, stall_grace=stall_grace)
+        self.writer: FanoutWriter[Member] = FanoutWriter(
+            default_threads() if fanout_threads is None else fanout_threads
+        )
+        self.hub = Hub(self.broker, queue_size=queue_size, stall_grace=stall_grace, writer=self.writer)
         self.merge_events = max(1, min(MERGE_EVENTS, queue_size // 2))
         self.token = token or None
         self.allowed_origins = frozenset(allowed_origins)
@@ -195,6 +200,7 @@ class HubServer:
         for conn in list(self.conns):
             conn._abort()
         await self.broker.close()
+        self.writer.close()
 
     async def __aenter__(self) -> HubServer:
         await self.start()

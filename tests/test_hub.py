@@ -21,6 +21,9 @@ class Sink:
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
 
+    def direct_fd(self) -> int:
+        return -1  # no socket: the hub always goes through write()
+
     def drop(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 

@@ -15,6 +15,9 @@ class RecordingSink:
     def write(self, data: bytes) -> None:
         self.data += data
 
+    def direct_fd(self) -> int:
+        return -1  # no socket: the hub always goes through write()
+
     def drop(self, code: int, reason: str) -> None:
         self.dropped = (code, reason)
 

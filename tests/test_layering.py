@@ -14,7 +14,7 @@ MODULES = sorted(p for p in PKG.rglob("*.py"))
 # The hub's side: what `norn serve` loads. It never reaches into clients or renderers.
 HUB_SIDE = {
     "hub.py", "broker.py", "redis_broker.py", "events.py", "server.py", "connection.py", "origin.py", "wire.py",
-    "errors.py", "config.py", "pipeline.py", "health.py",
+    "errors.py", "config.py", "pipeline.py", "health.py", "writer.py",
 }  # fmt: skip
 CLIENT_SIDE = {"norn_cli.client", "norn_cli.watch", "norn_cli.tailing", "norn_cli.emitting", "norn_cli.render"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import signal
 import ssl
 import subprocess
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT, norn_argv, norn_env, run_norn
@@ -75,6 +76,53 @@ def test_signal_closes_clients_with_1001_and_exits_0(served: Served, sig: int) -
     assert served.proc.returncode == 0
     assert "subscriber 127.0.0.1:" in err and "connected (all events)" in err
     assert "Traceback" not in err
+
+
+def _loops() -> list[str]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio"]
+    return ["uvloop", "asyncio"]
+
+
+@pytest.mark.parametrize("loop", _loops())
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_every_subscriber_of_a_big_group_gets_every_event(loop: str, threads: str) -> None:
+    """24 subscribers (a group big enough for the parallel fan-out) each get 600 events in order,
+    with and without fan-out threads, on each event loop `norn serve` can use."""
+    env = {"NORN_LOOP": loop} if loop == "asyncio" else {}
+    served = Served("serve", "--port", "0", "--fanout-threads", threads, **env)
+    total = 600
+
+    async def scenario() -> list[list[int]]:
+        subs = [await connect(f"ws://127.0.0.1:{served.port}/ws").__aenter__() for _ in range(24)]
+        try:
+            async def drain(sub: ClientConnection) -> list[int]:
+                return [json.loads(await sub.recv())["payload"]["n"] for _ in range(total)]
+
+            async with asyncio.timeout(TIMEOUT):
+                readers = [asyncio.create_task(drain(s)) for s in subs]
+                async with connect(f"ws://127.0.0.1:{served.port}/api") as api:
+                    for start in range(0, total, 5):
+                        batch = [{"type": "x.y", "appId": "a", "payload": {"n": n}} for n in range(start, start + 5)]
+                        await api.send(json.dumps({"op": "publish", "events": batch}))
+                        assert json.loads(await api.recv())["ok"] is True
+                return await asyncio.gather(*readers)
+        finally:
+            await asyncio.gather(*[s.close() for s in subs])
+
+    try:
+        assert asyncio.run(scenario()) == [list(range(total))] * 24
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_fanout_threads_out_of_range_is_a_usage_error() -> None:
+    result = run_norn("serve", "--fanout-threads", "17")
+    assert result.returncode == 2
+    assert "Invalid value for '--fanout-threads': 17 is not in the range 0<=x<=16." in result.stderr
 
 
 def test_public_bind_without_token_is_refused() -> None:

@@ -370,6 +370,42 @@ async def test_slow_consumer_dropped_with_1013_while_healthy_gets_everything() -
         assert srv.hub.dropped == 1
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+async def test_a_socket_that_fills_mid_fanout_still_gets_every_byte_in_order(threads: int) -> None:
+    """With parallel fan-out on, a subscriber whose socket takes only part of a write
+    gets the rest through its connection, before anything later, like everyone else."""
+    async with HubServer(port=0, fanout_threads=threads, stall_grace=30) as srv:
+        slow_sock = socket.socket()
+        slow_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow_sock.connect(("127.0.0.1", srv.port))
+        slow_sock.setblocking(False)
+        # max_queue=1: the client library stops reading its socket once one frame waits.
+        async with ws(srv.port, sock=slow_sock, max_queue=1) as slow:
+            healthy = [await ws(srv.port, max_size=None).__aenter__() for _ in range(20)]
+            try:
+                await wait_members(srv, 21)
+                slow_port = slow_sock.getsockname()[1]
+                (conn,) = [c for c in srv.conns if c.member is not None and c.peer.endswith(f":{slow_port}")]
+                conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                total, blob = 3, "x" * 20_000  # more than the socket holds, under 64 KiB: never paused
+                readers = [asyncio.create_task(recv_n(h, total)) for h in healthy]
+                async with ws(srv.port, "/api") as api:
+                    for n in range(total):
+                        assert (await request(api, {"op": "publish", "event": event(n=n, blob=blob)}))["ok"]
+                for got in await asyncio.gather(*readers):
+                    assert [e["payload"]["n"] for e in got] == list(range(total))
+                got = await recv_n(slow, total)
+                assert [e["payload"]["n"] for e in got] == list(range(total))
+                assert all(e["payload"]["blob"] == blob for e in got)
+            finally:
+                await asyncio.gather(*[h.close() for h in healthy])
+        assert srv.hub.dropped == 0
+        if threads:  # the partial-write path ran
+            assert srv.writer.short_writes >= 1
+        else:
+            assert srv.writer.short_writes == 0
+
+
 # ---------------------------------------------------------------- keepalive and shutdown
 
 
