@@ -64,7 +64,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "srv", "transport", "proto", "kind", "member", "seen", "ping_due", "requests",
         "wake", "worker", "fragments", "paused_reading", "closing", "peer", "fast", "inbuf", "need",
-        "fd",
+        "fd", "held", "busy",
     )  # fmt: skip
 
     def __init__(self, srv: HubServer) -> None:
@@ -86,6 +86,8 @@ class Connection(asyncio.Protocol):
         self.inbuf: bytearray | None = None  # a partial frame held by _fast_frames
         self.need = 0  # bytes inbuf must hold before parsing it again
         self.fd = -1  # the socket, for the hub's direct writes (never under TLS)
+        self.held: bytearray | None = None  # /api bytes for websockets, waiting behind requests
+        self.busy = False  # the /api worker is answering a burst
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -105,6 +107,23 @@ class Connection(asyncio.Protocol):
             data = self._fast_frames(data)
             if not data:
                 return
+        if self.held is not None:
+            self.held += data
+            return
+        if self.kind == "api" and (self.requests or self.busy):
+            # A close frame after pipelined requests must not close the
+            # connection before they are answered: websockets sees these
+            # bytes once the worker has replied to everything before them.
+            self.held = bytearray(data)
+            if not self.paused_reading:
+                self.paused_reading = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Hand bytes to websockets: the handshake, and frames the fast parser passed on."""
         proto = self.proto
         proto.receive_data(data)
         for ev in proto.events_received():
@@ -387,6 +406,7 @@ class Connection(asyncio.Protocol):
                 self.wake = loop.create_future()
                 await self.wake
                 self.wake = None
+            self.busy = True
             replies: list[bytes] = []
             while requests:
                 if hub.congested:
@@ -399,6 +419,12 @@ class Connection(asyncio.Protocol):
                         break
                 replies.extend(dumps(r) for r in await srv.handle_run(requests))
             self._answer(replies)
+            self.busy = False
+            if self.held is not None:
+                held, self.held = bytes(self.held), None
+                self._feed(held)
+                if requests:
+                    continue
             if self.paused_reading:
                 self.paused_reading = False
                 self.transport.resume_reading()

@@ -186,6 +186,20 @@ async def test_close_is_answered(hub: HubServer) -> None:
     await raw.close()
 
 
+async def test_requests_before_a_close_frame_are_answered_first(hub: HubServer) -> None:
+    """Publishes pipelined with a close frame in one packet are all acked, then the close is echoed."""
+    raw = await Raw.open(hub)
+    await raw.send(b"".join(publish(k) for k in range(3)) + frame(0x8, struct.pack("!H", 1000)))
+    replies = [await raw.reply() for _ in range(3)]
+    assert [r["ok"] for r in replies] == [True, True, True]
+    op, data = await raw.recv()
+    assert op == 0x8 and struct.unpack("!H", data[:2])[0] == 1000
+    async with asyncio.timeout(TIMEOUT):
+        assert await raw.reader.read() == b""
+    await raw.close()
+    assert hub.hub.published == 3
+
+
 async def test_frames_in_the_handshake_packet(hub: HubServer) -> None:
     """Frames sent in the same packet as the upgrade request are served too."""
     second = publish(7)
