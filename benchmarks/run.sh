@@ -2,7 +2,7 @@
 # The scenario set of benchmarks/README.md: norn against the Go reference hub
 # (shared/bench), same machine, interleaved. Prints figures; asserts nothing.
 #
-#   benchmarks/run.sh [OUTDIR]            # everything (~35 min on 2 cores)
+#   benchmarks/run.sh [OUTDIR]            # everything (~12 min on 2 cores)
 #   ONLY="compare idle" benchmarks/run.sh # some groups
 #
 # Groups (ONLY, default all):
