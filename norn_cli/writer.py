@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["FanoutWriter", "default_threads"]
+__all__ = ["MIN_TARGETS", "FanoutWriter", "default_threads"]
 
 K = TypeVar("K")
 _Job = tuple[Iterator[tuple[Any, int]], bytes, list[tuple[Any, int]], threading.Lock, threading.Lock]
@@ -74,10 +74,14 @@ class FanoutWriter(Generic[K]):
     def write(self, targets: list[tuple[K, int]], data: bytes) -> list[tuple[K, int]]:
         """Write `data` to every fd in `targets`; return (key, bytes taken) for each
         socket that took less than all of it (0 when it was full or broken)."""
-        if not self._helpers and self.threads:
-            self._start()
         items = iter(targets)
         short: list[tuple[K, int]] = []
+        if len(targets) < self.min_targets:  # not worth waking anyone
+            _write_each(items, data, short)
+            self.short_writes += len(short)
+            return short
+        if not self._helpers and self.threads:
+            self._start()
         waits = []
         for _ in self._helpers:
             claim, done = threading.Lock(), threading.Lock()

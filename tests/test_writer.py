@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from norn_cli.writer import FanoutWriter
+from norn_cli.writer import MIN_TARGETS, FanoutWriter
 
 
 def _pair(sndbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
@@ -95,10 +95,21 @@ def test_a_broken_socket_reports_zero_and_the_rest_are_written(pairs: list) -> N
     assert [_read_all(b) for _, b in pairs] == [b"event"] * 20
 
 
-def test_close_stops_the_helpers_and_a_later_write_restarts_them(pairs: list) -> None:
-    def helpers() -> list[str]:
-        return sorted(t.name for t in threading.enumerate() if t.name.startswith("norn-fanout-"))
+def helpers() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("norn-fanout-"))
 
+
+def test_a_write_to_few_sockets_wakes_no_helper(pairs: list) -> None:
+    before = helpers()
+    pairs += [_pair() for _ in range(MIN_TARGETS - 1)]
+    writer: FanoutWriter[int] = FanoutWriter(2)
+    assert writer.write([(i, a.fileno()) for i, (a, _) in enumerate(pairs)], b"few") == []
+    assert helpers() == before
+    writer.close()
+    assert [_read_all(b) for _, b in pairs] == [b"few"] * (MIN_TARGETS - 1)
+
+
+def test_close_stops_the_helpers_and_a_later_write_restarts_them(pairs: list) -> None:
     before = helpers()
     pairs += [_pair() for _ in range(20)]
     targets = [(i, a.fileno()) for i, (a, _) in enumerate(pairs)]
