@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
@@ -35,7 +36,10 @@ more than it saves."""
 
 
 def default_threads() -> int:
-    """One helper thread when this process may run on two or more CPUs, else none."""
+    """One helper thread when this process may run on two or more CPUs, else none
+    (and none on Windows, where a socket is not a file descriptor `os.write` takes)."""
+    if sys.platform == "win32":
+        return 0
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -3,7 +3,10 @@ writer says exactly how much it took."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -128,3 +131,16 @@ def test_close_stops_the_helpers_and_a_later_write_restarts_them(pairs: list) ->
 def test_negative_thread_count_is_refused() -> None:
     with pytest.raises(ValueError, match="threads must be >= 0"):
         FanoutWriter(-1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_default_is_one_helper_with_two_cpus_and_none_with_one() -> None:
+    probe = "import os, sys; from norn_cli.writer import default_threads; {pin}print(default_threads())"
+    one_cpu = subprocess.run(
+        [sys.executable, "-c", probe.format(pin="os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); ")],
+        capture_output=True, text=True, check=True,
+    )
+    assert one_cpu.stdout == "0\n"
+    if len(os.sched_getaffinity(0)) >= 2:
+        every_cpu = subprocess.run([sys.executable, "-c", probe.format(pin="")], capture_output=True, text=True, check=True)
+        assert every_cpu.stdout == "1\n"
