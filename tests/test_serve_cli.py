@@ -168,20 +168,31 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
 
 def test_tls_serves_wss(tmp_path: Path) -> None:
-    """--certfile/--keyfile serve wss:// that a client trusting the CA can use."""
+    """--certfile/--keyfile serve wss:// that a client trusting the CA can use, and a
+    group big enough for the parallel fan-out gets every event intact (never raw bytes)."""
     certfile, keyfile = _self_signed(tmp_path)
-    s = Served("serve", "--port", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    s = Served("serve", "--port", "0", "--certfile", str(certfile), "--keyfile", str(keyfile), "--fanout-threads", "1")
     try:
         assert s.url.startswith("wss://")
 
-        async def scenario() -> str:
+        async def scenario() -> tuple[str, list[list[int]]]:
             ctx = ssl.create_default_context(cafile=str(certfile))
-            async with connect(f"wss://localhost:{s.port}/api", ssl=ctx) as api:
-                await api.send('{"op":"status"}')
-                async with asyncio.timeout(TIMEOUT):
-                    return str(await api.recv())
+            subs = [await connect(f"wss://localhost:{s.port}/ws", ssl=ctx).__aenter__() for _ in range(20)]
+            try:
+                async with connect(f"wss://localhost:{s.port}/api", ssl=ctx) as api, asyncio.timeout(TIMEOUT):
+                    await api.send('{"op":"status"}')
+                    status = str(await api.recv())
+                    for n in range(50):
+                        await api.send(json.dumps({"op": "publish", "event": {"type": "x.y", "appId": "a", "payload": {"n": n}}}))
+                        assert json.loads(await api.recv())["ok"] is True
+                    got = [[json.loads(await sub.recv())["payload"]["n"] for _ in range(50)] for sub in subs]
+                return status, got
+            finally:
+                await asyncio.gather(*[sub.close() for sub in subs])
 
-        assert '"ok":true' in asyncio.run(scenario())
+        status, got = asyncio.run(scenario())
+        assert '"ok":true' in status
+        assert got == [list(range(50))] * 20
     finally:
         assert s.stop()[0] == 0
 
