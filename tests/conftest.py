@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from norn_cli.server import HubServer
+from norn_cli.hub.server import HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Slow machines (CI) get more time; no test asserts a duration.

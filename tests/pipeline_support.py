@@ -13,9 +13,9 @@ from typing import Any
 from conftest import ROOT, TIMEOUT, ThreadHub
 from websockets.asyncio.client import ClientConnection, connect
 
-from norn_cli.config import parse_config
-from norn_cli.pipeline import Runner, attach_runner
-from norn_cli.server import HubServer
+from norn_cli.core.config import parse_config
+from norn_cli.hub.pipeline.runner import Runner, attach_runner
+from norn_cli.hub.server import HubServer
 
 TESTS = Path(__file__).resolve().parent
 

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Any
 
-from norn_cli.server import HubServer
+from norn_cli.hub.server import HubServer
 from tests.conftest import TIMEOUT
 
 

@@ -10,10 +10,11 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from norn_cli.bench import BenchConfig, BenchResult, LatencyHistogram, run_bench
-from norn_cli.errors import ConfigError
+from norn_cli.client.bench import BenchConfig, BenchResult, LatencyHistogram, run_bench
+from norn_cli.core.errors import ConfigError
+from norn_cli.cli.embed import embedded_hub
 from norn_cli.render.bench import bench_progress, summary_table
-from norn_cli.server import HubServer
+from norn_cli.hub.server import HubServer
 from tests.conftest import TIMEOUT, norn_argv, norn_env, run_norn
 
 KEYS = {
@@ -72,8 +73,8 @@ async def test_stalled_subscriber_is_closed_with_1013(patient_hub: HubServer) ->
 
 
 async def test_in_process_hub() -> None:
-    """With in_process=True the bench embeds a HubServer in its own loop."""
-    result = await run_bench(BenchConfig(subs=1, events=50), in_process=True)
+    """With an in-process factory the bench embeds a HubServer in its own loop."""
+    result = await run_bench(BenchConfig(subs=1, events=50), in_process=embedded_hub)
     assert result.embedded == "in-process"
     assert (result.delivered, result.expected) == (50, 50)
 
@@ -145,7 +146,7 @@ def test_summary_table_and_quiet_progress() -> None:
     result.stalled_closed, result.stalled_codes = 1, {"1013": 1}
     buf = StringIO()
     console = Console(file=buf, width=100, force_terminal=False)
-    console.print(summary_table(result))
+    console.print(summary_table(result.to_dict()))
     text = buf.getvalue()
     for label in ("published/s", "delivered/s", "completeness", "latency p50", "latency p99", "latency max"):
         assert label in text

@@ -11,9 +11,9 @@ from click.testing import CliRunner, Result
 from conftest import ThreadHub
 
 from norn_cli import __version__
-from norn_cli.cli import norn
-from norn_cli.client import Endpoint
-from norn_cli.events import loads
+from norn_cli.cli.main import norn
+from norn_cli.client.connect import Endpoint
+from norn_cli.core.events import loads
 
 
 def invoke(*args: str, input: str | bytes | None = None, **env: str) -> Result:

@@ -8,10 +8,10 @@ import pytest
 
 from conftest import TIMEOUT
 from helpers import event, publish, wait_members, ws
-from norn_cli.broker import MemoryBroker
-from norn_cli.client import Endpoint, subscribe
-from norn_cli.errors import HubUnreachable
-from norn_cli.server import HubServer
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.client.connect import Endpoint, subscribe
+from norn_cli.core.errors import HubUnreachable
+from norn_cli.hub.server import HubServer
 
 
 async def test_subscription_gives_up_when_the_hub_stays_away() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, ThreadHub, run_norn
 
-from norn_cli.completions import SHELLS, generate, main
+from norn_cli.cli.completion import SHELLS, generate, main
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -16,7 +16,7 @@ def test_committed_scripts_are_fresh(shell: str) -> None:
     """completions/norn.<shell> is exactly what `_NORN_COMPLETE=<shell>_source norn` prints now."""
     committed = ROOT / "completions" / f"norn.{shell}"
     assert committed.read_text() == generate(shell), (
-        f"{committed} is stale: run `python -m norn_cli.completions` from the repository root"
+        f"{committed} is stale: run `python -m norn_cli.cli.completion` from the repository root"
     )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import run_norn
 
-from norn_cli.config import find_config, load_config, parse_config
-from norn_cli.errors import ConfigError, ExitCode
+from norn_cli.core.config import find_config, load_config, parse_config
+from norn_cli.core.errors import ConfigError, ExitCode
 
 GOOD = """
 [hub]  # other settings may live beside the apps

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from norn_cli.emitting import MAX_EVENT_BYTES, build_event, build_payload, read_ndjson
-from norn_cli.errors import EventError, ExitCode
+from norn_cli.client.emit import MAX_EVENT_BYTES, build_event, build_payload, read_ndjson
+from norn_cli.core.errors import EventError, ExitCode
 
 
 def test_pairs_parse_json_values_and_fall_back_to_strings() -> None:
@@ -91,10 +91,10 @@ def test_ndjson_errors_name_the_line(line: bytes, message: str) -> None:
 
 async def test_losing_the_hub_mid_file_says_how_many_got_through() -> None:
     """A hub that closes mid-publish (here: its frame limit) is exit 3 with a count."""
-    from norn_cli.client import Endpoint
-    from norn_cli.emitting import emit_events
-    from norn_cli.errors import HubUnreachable
-    from norn_cli.server import HubServer
+    from norn_cli.client.connect import Endpoint
+    from norn_cli.client.emit import emit_events
+    from norn_cli.core.errors import HubUnreachable
+    from norn_cli.hub.server import HubServer
 
     events = [{"type": "a.b", "appId": "x", "payload": {"n": i, "pad": "x" * 50}} for i in range(200)]
     async with HubServer(host="127.0.0.1", port=0, max_size=4000) as srv:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from norn_cli.errors import EventError
-from norn_cli.events import Filter, format_id, make_event, now_ts, parse_id, validate_event
+from norn_cli.core.errors import EventError
+from norn_cli.core.events import Filter, format_id, make_event, now_ts, parse_id, validate_event
 
 DEPLOYMENT = {
     "id": "d1", "app": "mail-agent", "ref": "abc123", "status": "queued",

@@ -8,8 +8,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from norn_cli.events import Filter, make_event
-from norn_cli.server import HubServer
+from norn_cli.core.events import Filter, make_event
+from norn_cli.hub.server import HubServer
 from tests.conftest import TIMEOUT
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pipeline_support import runner_on, subscribed
 
-from norn_cli.health import check_health
-from norn_cli.pipeline import HEALTH_HEARTBEAT
-from norn_cli.server import HubServer
+from norn_cli.hub.pipeline.health import check_health
+from norn_cli.hub.pipeline.runner import HEALTH_HEARTBEAT
+from norn_cli.hub.server import HubServer
 
 
 class FakeApp:

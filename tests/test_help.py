@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from norn_cli.cli import norn
-from norn_cli.errors import EXIT_CODE_HELP, ExitCode
+from norn_cli.cli.main import norn
+from norn_cli.core.errors import EXIT_CODE_HELP, ExitCode
 
 
 def commands() -> list[str]:

@@ -6,9 +6,9 @@ import asyncio
 import json
 
 from conftest import TIMEOUT
-from norn_cli.broker import MemoryBroker
-from norn_cli.events import Filter
-from norn_cli.hub import Hub
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.core.events import Filter
+from norn_cli.hub.fanout import Hub
 
 
 class Sink:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from norn_cli.broker import Deliver, MemoryBroker, Receiver, Replay, Unavailable
-from norn_cli.events import EventId, Filter
-from norn_cli.hub import Hub
+from norn_cli.hub.brokers.base import Deliver, Receiver, Replay, Unavailable
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.core.events import EventId, Filter
+from norn_cli.hub.fanout import Hub
 
 
 class RecordingSink:

@@ -1,4 +1,4 @@
-"""DESIGN.md's arrows, read from each module's imports: Click only in cli, rich only in renderers, nothing imports cli."""
+"""DESIGN.md's arrows, derived from the folders: cli -> client, hub, render -> core; Click and rich only at the edges; no cycles."""
 
 from __future__ import annotations
 
@@ -11,42 +11,98 @@ from conftest import ThreadHub, run_norn
 
 PKG = Path(__file__).resolve().parent.parent / "norn_cli"
 MODULES = sorted(p for p in PKG.rglob("*.py"))
-# The hub's side: what `norn serve` loads. It never reaches into clients or renderers.
-HUB_SIDE = {
-    "hub.py", "broker.py", "redis_broker.py", "events.py", "server.py", "connection.py", "origin.py", "wire.py",
-    "errors.py", "config.py", "pipeline.py", "health.py", "writer.py",
-}  # fmt: skip
-CLIENT_SIDE = {"norn_cli.client", "norn_cli.watch", "norn_cli.tailing", "norn_cli.emitting", "norn_cli.render"}
+LAYERS = ("core", "hub", "client", "render", "cli")
+# What each layer may import of the package, besides itself. A layer is a folder.
+MAY_IMPORT = {
+    "core": set(),
+    "hub": {"core"},
+    "client": {"core"},
+    "render": {"core"},
+    "cli": {"core", "hub", "client", "render"},
+    "": {"cli"},  # norn_cli/__init__.py (nothing) and __main__.py (the entry point)
+}
+# Third-party packages only some layers may know.
+EDGE_PACKAGES = {"click": {"cli"}, "rich": {"cli", "render"}}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else ""
 
 
 def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, absolute, including `from norn_cli.x import name` as norn_cli.x.name when that is a module."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f"{path.name}: relative import"
             names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in ALL)
     return names
 
 
-def top(names: set[str]) -> set[str]:
-    return {n.split(".")[0] for n in names}
+ALL = {module_name(p) for p in MODULES}
+
+
+def test_every_module_is_in_a_layer() -> None:
+    """The tree says where each module runs: nothing but the entry points sits outside the five folders."""
+    loose = {m for m in ALL if layer_of(m) == "" and m not in ("norn_cli", "norn_cli.__main__")}
+    assert loose == set()
+    assert {layer_of(m) for m in ALL} == {"", *LAYERS}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
 def test_module_respects_the_arrows(path: Path) -> None:
-    """Each module imports only what its layer may."""
-    rel = path.relative_to(PKG)
+    """Each module imports only its own layer and the layers its folder may use."""
+    me = module_name(path)
+    mine = layer_of(me)
     names = imports_of(path)
-    if rel.name not in ("cli.py", "__main__.py"):
-        assert "click" not in top(names), f"{rel} imports click"
-        assert "norn_cli.cli" not in names, f"{rel} imports cli"
-    if rel.parts[0] != "render" and rel.name != "cli.py":
-        assert "rich" not in top(names), f"{rel} imports rich"
-    if str(rel) in HUB_SIDE:
-        assert not {"click", "rich"} & top(names)
-        reached = {n for n in names if n in CLIENT_SIDE or n.startswith("norn_cli.render.")}
-        assert not reached, f"{rel} imports {reached}"
+    for name in names:
+        top = name.split(".")[0]
+        if top in EDGE_PACKAGES:
+            assert mine in EDGE_PACKAGES[top], f"{me} imports {top}"
+        if top == "norn_cli" and name in ALL and name != "norn_cli":
+            theirs = layer_of(name)
+            assert theirs == mine or theirs in MAY_IMPORT[mine], f"{me} ({mine or 'root'}) imports {name} ({theirs})"
+    if me == "norn_cli":
+        assert not {n for n in names if n.startswith("norn_cli.")}, "the package root imports nothing of its own"
+
+
+def test_no_import_cycles() -> None:
+    """No two modules reach each other through imports, not even type-only ones."""
+    graph = {m: {n for n in imports_of(p) if n in ALL and n != m} for p in MODULES for m in [module_name(p)]}
+    # Importing a submodule runs its package's __init__: a package depends on what its __init__ imports only.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycle = stack[stack.index(n):] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_the_rules_can_fail() -> None:
+    """The checks above reject a module of the hub importing the client, and a cycle."""
+    assert "client" not in MAY_IMPORT["hub"] and "hub" not in MAY_IMPORT["client"]
+    assert "cli" not in set().union(*(MAY_IMPORT[layer] for layer in LAYERS))
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
@@ -64,7 +120,7 @@ def test_no_print_outside_renderers_and_cli() -> None:
     """Library code never prints."""
     for path in MODULES:
         rel = path.relative_to(PKG)
-        if rel.parts[0] == "render" or rel.name == "cli.py":
+        if rel.parts[0] in ("render", "cli"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -72,15 +128,15 @@ def test_no_print_outside_renderers_and_cli() -> None:
 
 
 def test_cli_top_level_imports_are_minimal() -> None:
-    """cli.py, imported by every command, loads click and errors at the top, not asyncio or rich."""
-    tree = ast.parse((PKG / "cli.py").read_text())
+    """cli/main.py, imported by every command, loads click and errors at the top, not asyncio or rich."""
+    tree = ast.parse((PKG / "cli" / "main.py").read_text())
     found: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-    assert found <= {"__future__", "os", "sys", "collections.abc", "dataclasses", "typing", "click", "norn_cli", "norn_cli.errors"}
+    assert found <= {"__future__", "os", "sys", "collections.abc", "dataclasses", "typing", "click", "norn_cli", "norn_cli.core.errors"}
 
 
 def test_emit_loads_nothing_it_does_not_use(thread_hub: ThreadHub) -> None:
@@ -88,9 +144,9 @@ def test_emit_loads_nothing_it_does_not_use(thread_hub: ThreadHub) -> None:
     done = run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "x", PYTHONPROFILEIMPORTTIME="1")
     assert done.returncode == 0, done.stderr
     modules = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "norn_cli.emitting" in modules
+    assert "norn_cli.client.emit" in modules
     assert not {
         m for m in modules
         if m.split(".")[0] in ("rich", "pygments", "markdown_it")
-        or m.startswith(("norn_cli.render", "norn_cli.tailing", "norn_cli.server", "norn_cli.hub"))
+        or m.startswith(("norn_cli.render", "norn_cli.client.tail", "norn_cli.hub.server", "norn_cli.hub.fanout"))
     }  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from norn_cli.origin import origin_allowed, parse_origins
+from norn_cli.core.origin import origin_allowed, parse_origins
 
 ALLOWED = frozenset({"https://norn.example.com"})
 

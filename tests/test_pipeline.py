@@ -9,9 +9,9 @@ import pytest
 from conftest import TIMEOUT
 from pipeline_support import api, milestones, output_of, runner_on, subscribed, wait_dead
 
-from norn_cli.events import validate_event
-from norn_cli.pipeline import CANCELLED, OUTPUT_MAX_CHARS, _Tail
-from norn_cli.server import HubServer
+from norn_cli.core.events import validate_event
+from norn_cli.hub.pipeline.runner import CANCELLED, OUTPUT_MAX_CHARS, _Tail
+from norn_cli.hub.server import HubServer
 
 STEP_TIMEOUT = TIMEOUT / 10  # long enough for the step to start its grandchild, even on a slow machine
 APPS = f"""

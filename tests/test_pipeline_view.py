@@ -21,7 +21,7 @@ from norn_cli.render.pipeline_view import (
     fmt_duration,
     make_view,
 )
-from norn_cli.render.run_state import RunState
+from norn_cli.core.run_state import RunState
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLAN = [{"name": n, "status": "pending"} for n in ("build", "test", "push")]

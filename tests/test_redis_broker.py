@@ -21,9 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT, norn_argv, norn_env, run_norn
-from norn_cli.events import dumps, make_event, now_ts, parse_id
-from norn_cli.redis_broker import RedisBroker, _event
-from norn_cli.server import HubServer
+from norn_cli.core.events import dumps, make_event, now_ts, parse_id
+from norn_cli.hub.brokers.redis import RedisBroker, _event
+from norn_cli.hub.server import HubServer
 
 if shutil.which("redis-server") is None and os.environ.get("NORN_REQUIRE_REDIS") == "1":
     raise RuntimeError("NORN_REQUIRE_REDIS=1 but redis-server is not on PATH")

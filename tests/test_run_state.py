@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from norn_cli.events import now_ts
-from norn_cli.render.run_state import DONE, FAILED, PENDING, RUNNING, SKIPPED, RunState, phase_of
+from norn_cli.core.events import now_ts
+from norn_cli.core.run_state import DONE, FAILED, PENDING, RUNNING, SKIPPED, RunState, phase_of
 
 T0 = 1_800_000_000.0  # an instant, in epoch seconds
 

@@ -13,9 +13,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT
 from helpers import event, http_get, publish, recv_json, recv_n, request, wait_members, ws
-from norn_cli.broker import MemoryBroker
-from norn_cli.errors import ConfigError
-from norn_cli.server import MERGE_EVENTS, HubServer
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.core.errors import ConfigError
+from norn_cli.hub.server import MERGE_EVENTS, HubServer
 
 
 async def test_bare_subscriber_gets_the_seed_envelope_plus_id_and_ts(hub: HubServer) -> None:

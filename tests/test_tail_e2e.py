@@ -14,10 +14,10 @@ import pytest
 from conftest import TIMEOUT, norn_argv, norn_env, run_norn
 from websockets.asyncio.client import connect
 
-from norn_cli.broker import MemoryBroker
-from norn_cli.client import ApiClient, Endpoint
-from norn_cli.events import loads
-from norn_cli.server import HubServer
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.client.connect import ApiClient, Endpoint
+from norn_cli.core.events import loads
+from norn_cli.hub.server import HubServer
 
 
 class Norn:

@@ -12,9 +12,9 @@ from conftest import TIMEOUT
 from rich.console import Console
 from test_run_state import T0, deployment, env
 
-from norn_cli.errors import HubUnreachable
+from norn_cli.core.errors import HubUnreachable
 from norn_cli.render.pipeline_view import LinesView
-from norn_cli.watch import Target, show_run
+from norn_cli.client.watch import Target, show_run
 
 QUEUED = env("deploy.queued", deployment("queued", [{"name": "build", "status": "pending"}]))
 RUNNING = env("deploy.step", {"step": "build", "status": "running", "runId": "r1"}, T0 + 1)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from norn_cli.writer import MIN_TARGETS, FanoutWriter
+from norn_cli.hub.writer import MIN_TARGETS, FanoutWriter
 
 
 def _pair(sndbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
@@ -135,7 +135,7 @@ def test_negative_thread_count_is_refused() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 def test_default_is_one_helper_with_two_cpus_and_none_with_one() -> None:
-    probe = "import os, sys; from norn_cli.writer import default_threads; {pin}print(default_threads())"
+    probe = "import os, sys; from norn_cli.hub.writer import default_threads; {pin}print(default_threads())"
     one_cpu = subprocess.run(
         [sys.executable, "-c", probe.format(pin="os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); ")],
         capture_output=True, text=True, check=True,

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from norn_cli.bench import BenchProgress, BenchResult
-
 __all__ = ["bench_progress", "print_summary", "summary_table"]
+
+
+class BenchProgress(Protocol):
+    """A snapshot of a running bench (the client's `BenchProgress`)."""
+
+    published: int
+    delivered: int
+    expected: int
 
 
 @contextmanager
@@ -41,47 +48,46 @@ def _count(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def summary_table(result: BenchResult) -> Table:
-    """The figures of one run, one row each."""
-    cfg = result.config
-    rate = f"offered {cfg.rate:,.0f} events/s" if cfg.rate else "as fast as acks allow"
-    where = f" ({result.embedded} hub)" if result.embedded else ""
+def summary_table(result: Mapping[str, Any]) -> Table:
+    """The figures of one run (its `--json` object), one row each."""
+    r = result
+    rate = f"offered {r['rate']:,.0f} events/s" if r["rate"] else "as fast as acks allow"
+    where = f" ({r['embedded']} hub)" if r["embedded"] else ""
     title = (
-        f"{cfg.subs} subscribers, {cfg.pubs} publisher{'s' if cfg.pubs != 1 else ''}, "
-        f"{cfg.events:,} events of ~{cfg.size} B\n{rate}; {result.url}{where}, {result.loop} loop"
+        f"{r['subs']} subscribers, {r['pubs']} publisher{'s' if r['pubs'] != 1 else ''}, "
+        f"{r['events']:,} events of ~{r['size']} B\n{rate}; {r['url']}{where}, {r['loop']} loop"
     )
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    lat = result.latency_ms()
-    complete_style = "green" if result.completeness >= 1.0 else "red"
+    lat = r["latency_ms"]
+    complete_style = "green" if r["completeness"] >= 1.0 else "red"
     rows: list[tuple[str, str]] = [
-        ("published/s (acked)", _count(result.published_per_s)),
-        ("delivered/s", _count(result.delivered_per_s)),
+        ("published/s (acked)", _count(r["published_per_s"])),
+        ("delivered/s", _count(r["delivered_per_s"])),
         (
             "completeness",
-            f"[{complete_style}]{result.completeness:.4f}[/] "
-            f"({_count(result.delivered)} of {_count(result.expected)})",
+            f"[{complete_style}]{r['completeness']:.4f}[/] ({_count(r['delivered'])} of {_count(r['expected'])})",
         ),
-        ("healthy subscribers dropped", _drops(result.dropped, result.dropped_codes)),
+        ("healthy subscribers dropped", _drops(r["dropped"], r["dropped_codes"])),
         ("latency p50", f"{lat['p50']:.3f} ms"),
         ("latency p99", f"{lat['p99']:.3f} ms"),
         ("latency max", f"{lat['max']:.3f} ms"),
     ]
-    if cfg.stalled:
-        closed = _drops(result.stalled_closed, result.stalled_codes, of=cfg.stalled)
-        if result.stalled_closed < cfg.stalled:
+    if r["stalled"]:
+        closed = _drops(r["stalled_closed"], r["stalled_codes"], of=r["stalled"])
+        if r["stalled_closed"] < r["stalled"]:
             closed += " (the rest fit in kernel buffers: send more bytes)"
         rows.append(("stalled subscribers closed", closed))
-    if result.publish_errors:
-        rows.append(("publish errors", f"[red]{result.publish_errors:,}[/]"))
-    if result.out_of_order:
-        rows.append(("out of order", f"[red]{result.out_of_order:,}[/]"))
-    if result.hub_rss_kb is not None:
-        rows.append(("hub memory (RSS)", f"{result.hub_rss_kb / 1024:,.1f} MiB"))
-    if result.hub_cpu_s is not None:
-        rows.append(("hub CPU", f"{result.hub_cpu_s:.2f} s"))
-    if result.timed_out:
+    if r["publish_errors"]:
+        rows.append(("publish errors", f"[red]{r['publish_errors']:,}[/]"))
+    if r["out_of_order"]:
+        rows.append(("out of order", f"[red]{r['out_of_order']:,}[/]"))
+    if r["hub_rss_kb"] is not None:
+        rows.append(("hub memory (RSS)", f"{r['hub_rss_kb'] / 1024:,.1f} MiB"))
+    if r["hub_cpu_s"] is not None:
+        rows.append(("hub CPU", f"{r['hub_cpu_s']:.2f} s"))
+    if r["timed_out"]:
         rows.append(("timed out", "[red]yes[/]"))
     for name, value in rows:
         table.add_row(name, value)
@@ -95,6 +101,6 @@ def _drops(n: int, codes: dict[str, int], of: int | None = None) -> str:
     return text
 
 
-def print_summary(result: BenchResult, console: Console) -> None:
+def print_summary(result: Mapping[str, Any], console: Console) -> None:
     """Print the summary table."""
     console.print(summary_table(result))

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from norn_cli.events import dumps
+from norn_cli.core.events import dumps
 from norn_cli.render.plain import escape_control, first_line
 
 __all__ = ["EventLines", "PipeConsole", "event_line", "status_style", "type_style"]

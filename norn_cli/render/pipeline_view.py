@@ -22,8 +22,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from norn_cli.events import dumps
-from norn_cli.render.run_state import DONE, FAILED, PENDING, SKIPPED, RunState, StepState
+from norn_cli.core.events import dumps
+from norn_cli.core.run_state import DONE, FAILED, PENDING, SKIPPED, RunState, StepState
 
 __all__ = [
     "JsonView",

@@ -7,7 +7,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from norn_cli.events import dumps
+from norn_cli.core.events import dumps
 
 __all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "first_line"]
 

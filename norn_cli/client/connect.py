@@ -16,8 +16,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from norn_cli.errors import ConfigError, HubUnreachable, OperationFailed, Unauthorized
-from norn_cli.events import dumps, loads
+from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed, Unauthorized
+from norn_cli.core.events import dumps, loads
 
 __all__ = ["ApiClient", "Endpoint", "Frame", "publish_stream", "subscribe", "subscribe_frames"]
 

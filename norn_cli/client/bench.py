@@ -9,8 +9,9 @@ healthy subscriber still gets every event.
 
 The embedded hub runs in a subprocess (`python -m norn_cli serve --port 0`)
 by default: a Python load generator in the hub's own process and loop would
-compete with it for the CPU and understate it. `in_process=True` embeds a
-`HubServer` in the bench's loop instead (handy for tests, not for figures).
+compete with it for the CPU and understate it. `in_process` takes a factory
+of a hub in the bench's own loop instead (the CLI wires one; handy for
+tests, not for figures).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from norn_cli.client import Endpoint, open_connection
-from norn_cli.errors import ConfigError, HubUnreachable, OperationFailed
-from norn_cli.events import loads
+from norn_cli.client.connect import Endpoint, open_connection
+from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed
+from norn_cli.core.events import loads
 
 __all__ = [
     "BenchConfig",
@@ -235,7 +236,7 @@ class EmbeddedHub:
     async def __aenter__(self) -> EmbeddedHub:
         env = dict(os.environ if self.env is None else self.env)
         # This package first on the path, so the hub runs the same code as the bench.
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "norn_cli", "serve", "--host", "127.0.0.1", "--port", "0",
@@ -585,7 +586,7 @@ async def run_bench(
     *,
     url: str | None = None,
     token: str | None = None,
-    in_process: bool = False,
+    in_process: Callable[[], AbstractAsyncContextManager[str]] | None = None,
     hub_env: Mapping[str, str] | None = None,
     on_progress: Callable[[BenchProgress], None] | None = None,
 ) -> BenchResult:
@@ -631,16 +632,14 @@ async def run_bench(
 
 @asynccontextmanager
 async def _hub(
-    url: str | None, in_process: bool, env: Mapping[str, str] | None
+    url: str | None, in_process: Callable[[], AbstractAsyncContextManager[str]] | None, env: Mapping[str, str] | None
 ) -> AsyncIterator[tuple[str, str, int]]:
     """(url, how it is embedded, hub pid for /proc figures or 0)."""
     if url:
         yield url, "", 0
-    elif in_process:
-        from norn_cli.server import HubServer  # only the in-process mode needs the server
-
-        async with HubServer(host="127.0.0.1", port=0) as srv:
-            yield srv.url, "in-process", 0
+    elif in_process is not None:
+        async with in_process() as hub_url:
+            yield hub_url, "in-process", 0
     else:
         async with EmbeddedHub(env=env) as hub:
             yield hub.url, "subprocess", hub.pid

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from norn_cli.errors import EventError
-from norn_cli.wire import text_frame
+from norn_cli.core.errors import EventError
+from norn_cli.core.wire import text_frame
 
 _orjson: Any
 try:  # orjson is an optional speed-up; the stdlib is the fallback.

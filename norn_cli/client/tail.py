@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from norn_cli.client import Endpoint, Frame, Notice, open_connection, subscribe_frames
-from norn_cli.errors import OperationFailed, TimedOut
-from norn_cli.events import loads
+from norn_cli.client.connect import Endpoint, Frame, Notice, open_connection, subscribe_frames
+from norn_cli.core.errors import OperationFailed, TimedOut
+from norn_cli.core.events import loads
 
 __all__ = ["Stop", "failure_type", "recent_apps", "tail"]
 

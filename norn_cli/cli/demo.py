@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from norn_cli.config import parse_config
-from norn_cli.pipeline import attach_runner
-from norn_cli.render.run_state import RunState
-from norn_cli.server import HubServer
-from norn_cli.watch import RunView, follow
+from norn_cli.core.config import parse_config
+from norn_cli.hub.pipeline.runner import attach_runner
+from norn_cli.core.run_state import RunState
+from norn_cli.hub.server import HubServer
+from norn_cli.client.watch import RunView, follow
 
 __all__ = ["DEMO_TOML", "run_demo"]
 

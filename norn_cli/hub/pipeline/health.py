@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from norn_cli import __version__
-from norn_cli.events import now_ts
+from norn_cli.core.events import now_ts
 
 __all__ = ["check_health"]
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from norn_cli.config import KINDS, App, Config, Step
-from norn_cli.errors import OperationFailed
-from norn_cli.events import Event, Filter, now_ts, validate_event
-from norn_cli.health import check_health
-from norn_cli.hub import Hub
+from norn_cli.core.config import KINDS, App, Config, Step
+from norn_cli.core.errors import OperationFailed
+from norn_cli.core.events import Event, Filter, now_ts, validate_event
+from norn_cli.hub.pipeline.health import check_health
+from norn_cli.hub.fanout import Hub
 
 __all__ = ["CANCELLED", "Runner", "attach_runner"]
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from norn_cli import __version__
-from norn_cli.errors import EXIT_CODE_HELP, ExitCode, NornError
+from norn_cli.core.errors import EXIT_CODE_HELP, ExitCode, NornError
 
 if TYPE_CHECKING:  # asyncio and friends load only when a command needs them
     import asyncio
 
-    from norn_cli.client import Endpoint, Frame
+    from norn_cli.client.connect import Endpoint, Frame
 
 __all__ = ["main", "norn"]
 
@@ -168,8 +168,9 @@ def bench(
     """
     from rich.console import Console
 
-    from norn_cli.bench import BenchConfig, run_bench
-    from norn_cli.events import dumps
+    from norn_cli.cli.embed import embedded_hub
+    from norn_cli.client.bench import BenchConfig, run_bench
+    from norn_cli.core.events import dumps
     from norn_cli.render.bench import bench_progress, print_summary
 
     settings: Settings = ctx.obj
@@ -186,12 +187,15 @@ def bench(
     err = Console(stderr=True, no_color=settings.no_color)
     with bench_progress(err) as progress:
         result = _run(
-            run_bench(cfg, url=bench_url, token=settings.token, in_process=in_process, hub_env=hub_env, on_progress=progress)
+            run_bench(
+                cfg, url=bench_url, token=settings.token, in_process=embedded_hub if in_process else None,
+                hub_env=hub_env, on_progress=progress,
+            )
         )
     if as_json:
         click.echo(dumps(result.to_dict()).decode())
     else:
-        print_summary(result, Console(no_color=settings.no_color))
+        print_summary(result.to_dict(), Console(no_color=settings.no_color))
 
 
 @norn.command()
@@ -242,11 +246,11 @@ def serve(
     """
     from pathlib import Path
 
-    from norn_cli import server
-    from norn_cli.broker import open_broker
-    from norn_cli.config import find_config, load_config
-    from norn_cli.origin import parse_origins
-    from norn_cli.pipeline import attach_runner
+    from norn_cli.hub import server
+    from norn_cli.hub.brokers import open_broker
+    from norn_cli.core.config import find_config, load_config
+    from norn_cli.core.origin import parse_origins
+    from norn_cli.hub.pipeline.runner import attach_runner
 
     try:  # a bad file stops us here, before anything listens
         config = load_config(find_config(config_path, Path.cwd()))
@@ -311,7 +315,7 @@ def _run_options(f: Any) -> Any:
 def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool, *,
               attach: bool = False, run_id: str | None = None) -> NoReturn:  # fmt: skip
     """Start (or find) a run, show it live, exit 0 when it completed and 1 when it failed."""
-    from norn_cli import watch
+    from norn_cli.client import watch
     from norn_cli.render.pipeline_view import make_view
 
     view = make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)
@@ -424,7 +428,7 @@ def demo(settings: Settings, as_json: bool) -> None:
     Example:
       norn demo
     """
-    from norn_cli.demo import run_demo
+    from norn_cli.cli.demo import run_demo
     from norn_cli.render.pipeline_view import make_view
 
     state = _run(run_demo(make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)))
@@ -436,7 +440,7 @@ def demo(settings: Settings, as_json: bool) -> None:
 
 
 def _endpoint(settings: Settings) -> Endpoint:
-    from norn_cli.client import Endpoint
+    from norn_cli.client.connect import Endpoint
 
     try:
         return Endpoint.parse(settings.url)
@@ -453,8 +457,8 @@ def _notice(message: str) -> None:
 
 def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Apps among the hub's recent events; nothing when the hub does not answer quickly."""
-    from norn_cli.client import Endpoint
-    from norn_cli.tailing import recent_apps
+    from norn_cli.client.connect import Endpoint
+    from norn_cli.client.tail import recent_apps
 
     root = ctx.find_root().params
     try:
@@ -466,7 +470,7 @@ def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) 
 
 
 def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from norn_cli.events import parse_id
+    from norn_cli.core.events import parse_id
 
     if value is not None:
         try:
@@ -509,7 +513,7 @@ def emit(
       norn emit --file events.ndjson
       norn --url ws://old:8800 tail --json --last 100 --count 100 | norn emit --file -
     """
-    from norn_cli import emitting
+    from norn_cli.client import emit as emitting
 
     if file is not None and (data is not None or pairs):
         raise click.UsageError("--file takes whole events; use --data and -p with TYPE instead")
@@ -543,7 +547,7 @@ def emit(
 
 
 def _json_line(obj: Any) -> str:
-    from norn_cli.events import dumps
+    from norn_cli.core.events import dumps
 
     return dumps(obj).decode()
 
@@ -590,7 +594,7 @@ def tail(
       norn tail --json --last 100 | jq -r .type
       norn tail --format '{ts} {appId} {type} {payload[step]}'
     """
-    from norn_cli import tailing
+    from norn_cli.client import tail as tailing
 
     if as_json and template is not None:
         raise click.UsageError("--json and --format are alternatives; pick one")

@@ -7,10 +7,10 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from norn_cli.broker import Broker, Item, Unavailable
-from norn_cli.events import Event, EventId, Filter, dumps
-from norn_cli.wire import text_frame
-from norn_cli.writer import FanoutWriter
+from norn_cli.hub.brokers.base import Broker, Item, Unavailable
+from norn_cli.core.events import Event, EventId, Filter, dumps
+from norn_cli.core.wire import text_frame
+from norn_cli.hub.writer import FanoutWriter
 
 __all__ = ["Hub", "Member", "Sink"]
 

@@ -13,10 +13,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import norn_cli.client as client
-from norn_cli.errors import HubUnreachable
-from norn_cli.events import parse_id
-from norn_cli.render.run_state import RunState
+import norn_cli.client.connect as client
+from norn_cli.core.errors import HubUnreachable
+from norn_cli.core.events import parse_id
+from norn_cli.core.run_state import RunState
 
 __all__ = ["RunView", "Target", "find_run", "follow", "run_events", "show_run", "start_run", "watch"]
 

@@ -25,13 +25,13 @@ try:  # the C speed-up websockets itself uses to unmask frames
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
-from norn_cli.events import Filter, dumps, parse_id
-from norn_cli.hub import Member
-from norn_cli.origin import origin_allowed
-from norn_cli.wire import text_frame
+from norn_cli.core.events import Filter, dumps, parse_id
+from norn_cli.hub.fanout import Member
+from norn_cli.core.origin import origin_allowed
+from norn_cli.core.wire import text_frame
 
 if TYPE_CHECKING:
-    from norn_cli.server import HubServer
+    from norn_cli.hub.server import HubServer
 
 __all__ = ["Connection", "error_reply"]
 

@@ -39,8 +39,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from norn_cli.broker import Broker, Deliver, Item, Receiver, Replay, Unavailable
-from norn_cli.events import Event, EventId, Filter, dumps, format_id, now_ts
+from norn_cli.hub.brokers.base import Broker, Deliver, Item, Receiver, Replay, Unavailable
+from norn_cli.core.events import Event, EventId, Filter, dumps, format_id, now_ts
 
 __all__ = ["RedisBroker"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from norn_cli.errors import ConfigError
+from norn_cli.core.errors import ConfigError
 
 __all__ = ["KINDS", "App", "Config", "Step", "find_config", "load_config", "parse_config"]
 

@@ -21,12 +21,13 @@ from websockets.datastructures import Headers
 from websockets.protocol import OPEN
 
 from norn_cli import __version__
-from norn_cli.broker import Broker, Item, MemoryBroker, Unavailable
-from norn_cli.connection import Connection, error_reply
-from norn_cli.errors import ConfigError, EventError, OperationFailed
-from norn_cli.events import dumps, loads, validate_event
-from norn_cli.hub import Hub, Member
-from norn_cli.writer import FanoutWriter, default_threads
+from norn_cli.hub.brokers.base import Broker, Item, Unavailable
+from norn_cli.hub.brokers.memory import MemoryBroker
+from norn_cli.hub.connection import Connection, error_reply
+from norn_cli.core.errors import ConfigError, EventError, OperationFailed
+from norn_cli.core.events import dumps, loads, validate_event
+from norn_cli.hub.fanout import Hub, Member
+from norn_cli.hub.writer import FanoutWriter, default_threads
 
 __all__ = ["HubServer", "OpHandler", "is_loopback_host", "run_until_signalled", "settle_gc", "tls_context"]
 

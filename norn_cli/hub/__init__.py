@@ -1,0 +1,1 @@
+"""The server: `norn serve`. Connections, routing, the /api ops, fan-out, metrics, brokers and the pipeline runner. Imports only core."""
