@@ -15,7 +15,8 @@ from conftest import TIMEOUT
 from helpers import event, http_get, publish, recv_json, recv_n, request, wait_members, ws
 from norn_cli.hub.brokers.memory import MemoryBroker
 from norn_cli.core.errors import ConfigError
-from norn_cli.hub.server import MERGE_EVENTS, HubServer
+from norn_cli.hub.api import MERGE_EVENTS
+from norn_cli.hub.server import HubServer
 
 
 async def test_bare_subscriber_gets_the_seed_envelope_plus_id_and_ts(hub: HubServer) -> None:
@@ -522,7 +523,7 @@ async def test_pipelined_publishes_are_ordered_in_one_broker_call() -> None:
         two = json.dumps({"op": "publish", "events": [event(n=2), event(n=3)]}).encode()
         bad = json.dumps({"op": "publish", "event": event("deploy.step")}).encode()
         status = b'{"op": "status"}'
-        replies = await srv.handle_run(deque([one, two, bad, one, status, one, b"{nope"]))
+        replies = await srv.api.handle_run(deque([one, two, bad, one, status, one, b"{nope"]))
     assert broker.calls == [4, 1]
     assert [sorted(r) for r in replies] == [["id", "ok"], ["ids", "ok"], ["error", "ok"], ["id", "ok"], sorted(srv.status()), ["id", "ok"], ["error", "ok"]]
     ids = [replies[0]["id"], *replies[1]["ids"], replies[3]["id"], replies[5]["id"]]
@@ -536,6 +537,6 @@ async def test_a_run_of_publishes_stops_at_the_merge_limit() -> None:
     broker = CountingBroker()
     async with HubServer(port=0, broker=broker) as srv:
         reqs = deque(json.dumps({"op": "publish", "event": event(n=i)}).encode() for i in range(MERGE_EVENTS + 5))
-        first = await srv.handle_run(reqs)
-        rest = await srv.handle_run(reqs)
+        first = await srv.api.handle_run(reqs)
+        rest = await srv.api.handle_run(reqs)
     assert (len(first), len(rest), broker.calls) == (MERGE_EVENTS, 5, [MERGE_EVENTS, 5])

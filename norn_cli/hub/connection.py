@@ -1,8 +1,10 @@
-"""One hub connection: the handshake and its checks, then a `/ws` subscriber or an `/api` peer.
+"""One hub connection, a byte pump: the handshake, then a `/ws` subscriber or an `/api` peer.
 
 Each connection is an asyncio Protocol driving websockets' Sans-I/O
-`ServerProtocol`: websockets parses the handshake and incoming frames, and
-the hub's shared frame bytes are written straight to the transport.
+`ServerProtocol`: websockets parses the handshake and the frames the fast
+parser (frames.py) leaves to it; where a request goes is routing.py's
+decision, what it answers is api.py's; the hub's shared frame bytes are
+written straight to the transport.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import email.utils
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -20,26 +22,48 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, State
 from websockets.server import ServerProtocol
 
-try:  # the C speed-up websockets itself uses to unmask frames
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
-
-from norn_cli.core.events import Filter, dumps, parse_id
-from norn_cli.hub.fanout import Member
-from norn_cli.core.origin import origin_allowed
+from norn_cli.core.events import dumps
 from norn_cli.core.wire import text_frame
+from norn_cli.hub.api import Api
+from norn_cli.hub.fanout import Hub, Member
+from norn_cli.hub.frames import PING, TEXT, parse_frames
+from norn_cli.hub.routing import Refuse, Route, Subscribe, RequestHeaders
 
-if TYPE_CHECKING:
-    from norn_cli.hub.server import HubServer
-
-__all__ = ["Connection", "error_reply"]
+__all__ = ["Connection", "Host"]
 
 log = logging.getLogger("norn.server")
 _ws_log = logging.getLogger("norn.ws")  # websockets' own chatter, quiet unless debugging
 
 WRITE_HIGH_WATER = 64 * 1024
 _PENDING_REQUESTS = 256  # pipelined /api requests held before we stop reading
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required"}
+
+
+class Host(Protocol):
+    """What a connection needs of the server that accepted it (the server implements this)."""
+
+    hub: Hub
+    api: Api
+    max_size: int
+    close_timeout: float
+    tls: bool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def last_id(self) -> str: ...
+
+    def route(self, target: str, headers: RequestHeaders, peer_host: str) -> Route: ...
+
+    def page(self, name: str) -> tuple[int, bytes, str]:
+        """A plain HTTP page ("healthz", "metrics"): status, body, content type."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def opened(self, conn: Connection) -> None: ...
+
+    def closed(self, conn: Connection) -> None: ...
 
 
 def _response(status: int, reason: str, body: bytes, ctype: str) -> Response:
@@ -54,10 +78,6 @@ def _response(status: int, reason: str, body: bytes, ctype: str) -> Response:
     return Response(status, reason, headers, body)
 
 
-def error_reply(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
-
-
 class Connection(asyncio.Protocol):
     """One TCP connection: the handshake, then a `/ws` subscriber or an `/api` peer."""
 
@@ -67,7 +87,7 @@ class Connection(asyncio.Protocol):
         "fd", "held", "busy",
     )  # fmt: skip
 
-    def __init__(self, srv: HubServer) -> None:
+    def __init__(self, srv: Host) -> None:
         self.srv = srv
         self.transport: asyncio.Transport | None = None
         self.proto = ServerProtocol(max_size=srv.max_size, logger=_ws_log)
@@ -97,9 +117,9 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
-        if sock is not None and self.srv.ssl_context is None:
+        if sock is not None and not self.srv.tls:
             self.fd = sock.fileno()
-        self.srv.conns.add(self)
+        self.srv.opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.seen = True
@@ -144,16 +164,12 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fd = -1
-        srv = self.srv
-        srv.conns.discard(self)
-        if not srv.conns and srv.all_closed is not None:
-            srv.all_closed.set()
         if self.member is not None:
-            srv.hub.leave(self.member)
+            self.srv.hub.leave(self.member)
             log.info("subscriber %s disconnected", self.peer)
         if self.kind == "api":
-            srv.api_conns -= 1
             log.debug("publisher %s disconnected", self.peer)
+        self.srv.closed(self)
         if self.worker is not None:
             self.worker.cancel()
         if self.wake is not None and not self.wake.done():
@@ -209,93 +225,83 @@ class Connection(asyncio.Protocol):
             self.proto.send_close(code, reason)
             self._pump()
             self.closing = True
-            self.srv.loop.call_later(self.srv.close_timeout, self._abort)
+            self.srv.loop.call_later(self.srv.close_timeout, self.abort)
         else:
             self.closing = True
             self.transport.close()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake."""
         if self.transport is not None:
             self.transport.abort()  # a no-op once the connection is gone
+
+    def keepalive(self) -> None:
+        """Called every ping interval: close a WebSocket peer that did not answer
+        the last ping (1011), else ping it."""
+        if self.kind == "" or self.closing or self.proto.state is not OPEN:
+            return
+        if self.ping_due and not self.seen:
+            log.info("%s stopped answering pings; closing", self.peer)
+            if self.member is not None:
+                self.srv.hub.leave(self.member)
+                self.member = None
+            self.close(1011, "keepalive ping timeout")
+            return
+        self.seen = False
+        self.ping_due = True
+        self.proto.send_ping(b"norn")
+        self._pump()
 
     # -------------------------------------------------------- handshake
 
     def _respond(self, response: Response) -> None:
         self.proto.send_response(response)
 
-    def _reject(self, status: int, reason: str, message: str) -> None:
-        body = (message + "\n").encode()
-        self._respond(_response(status, reason, body, "text/plain; charset=utf-8"))
-
     def _on_request(self, req: Request) -> None:
         srv = self.srv
-        path, _, query = req.path.partition("?")
-        if path == "/healthz":
-            status, body = srv.health()
-            reason = "OK" if status == 200 else "Service Unavailable"
-            self._respond(_response(status, reason, body, "application/json"))
-            return
-        if path == "/metrics":
-            body = srv.metrics_text().encode()
-            self._respond(_response(200, "OK", body, "text/plain; version=0.0.4; charset=utf-8"))
-            return
-        if path not in ("/ws", "/api"):
-            self._reject(404, "Not Found", f"no such endpoint {path}; try /ws, /api, /healthz or /metrics")
-            return
-        headers = req.headers
-        if "websocket" not in headers.get("Upgrade", "").lower():
-            resp = _response(426, "Upgrade Required", f"{path} is a WebSocket endpoint; connect with a WebSocket client\n".encode(), "text/plain; charset=utf-8")
-            resp.headers["Upgrade"] = "websocket"
+        decision = srv.route(req.path, req.headers, self.peer_host())
+        if isinstance(decision, Refuse):
+            if decision.status in (401, 403):
+                log.info("refused %s from %s: %s", req.path.partition("?")[0], self.peer, decision.message)
+            body = (decision.message + "\n").encode()
+            resp = _response(decision.status, _REASONS[decision.status], body, "text/plain; charset=utf-8")
+            if decision.upgrade:
+                resp.headers["Upgrade"] = "websocket"
             self._respond(resp)
-            return
-        origins = headers.get_all("Origin")
-        origin = origins[0] if origins else None
-        if len(origins) > 1 or not origin_allowed(origin, srv.allowed_origins):
-            log.info("refused %s from %s: origin %r not allowed", path, self.peer, origin)
-            self._reject(403, "Forbidden", f"origin {origin!r} is not allowed")
-            return
-        if path == "/api":
-            refusal = srv.api_refusal(headers, self.peer_host())
-            if refusal is not None:
-                status, message = refusal
-                log.info("refused /api from %s: %s", self.peer, message)
-                self._reject(status, "Unauthorized" if status == 401 else "Forbidden", message)
-                return
-            self._accept(req)
+        elif isinstance(decision, Subscribe):
+            self._subscribe(req, decision)
+        elif decision == "api":
+            self._respond(self.proto.accept(req))
             if self.proto.state is OPEN:
                 self.kind = "api"
-                srv.api_conns += 1
                 self.requests = deque()
                 self.worker = srv.spawn(self._serve_api())
                 log.debug("publisher %s connected", self.peer)
-            return
-        try:
-            flt, since, last = _parse_subscription(query)
-        except ValueError as exc:
-            self._reject(400, "Bad Request", str(exc))
-            return
+        else:
+            status, body, ctype = srv.page(decision)
+            self._respond(_response(status, "OK" if status == 200 else "Service Unavailable", body, ctype))
+
+    def _subscribe(self, req: Request, sub: Subscribe) -> None:
+        srv = self.srv
         response = self.proto.accept(req)
         if response.status_code == 101:
             # Where this subscription starts: a client that loses the
             # connection before its first event resumes after this id.
-            response.headers["Norn-Last-Id"] = srv.broker.last_id or "0-0"
+            response.headers["Norn-Last-Id"] = srv.last_id or "0-0"
         self._respond(response)
         if self.proto.state is OPEN:
             self.kind = "ws"
             self._pump()  # the 101 goes out before any replayed event
-            log.info("subscriber %s connected (%s)", self.peer, query or "all events")
-            self.member = srv.hub.add(self, flt)
-            if since is None and last is None:
+            log.info("subscriber %s connected (%s)", self.peer, sub.query or "all events")
+            self.member = srv.hub.add(self, sub.flt)
+            if sub.since is None and sub.last is None:
                 srv.hub.join(self.member)
             else:
-                srv.spawn(srv.hub.catch_up(self.member, since=since, last=last))
+                srv.spawn(srv.hub.catch_up(self.member, since=sub.since, last=sub.last))
 
     def peer_host(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return peer[0] if isinstance(peer, tuple) else ""
-
-    def _accept(self, req: Request) -> None:
-        self._respond(self.proto.accept(req))
 
     # -------------------------------------------------------- frames
 
@@ -323,14 +329,8 @@ class Connection(asyncio.Protocol):
                 self._enqueue(data)
 
     def _fast_frames(self, data: bytes) -> bytes:
-        """Parse the common /api frames here (whole, masked text frames, pings and
-        pongs), about four times cheaper than websockets' generic parser.
-
-        Anything else (close, binary, fragments, oversize, protocol errors) and
-        everything after it is returned for websockets to handle, from that
-        frame's first byte on; websockets has seen nothing since the
-        handshake, so it resumes at a frame boundary.
-        """
+        """Take the common /api frames (frames.py); return the bytes from the
+        first frame it leaves to websockets on, which then handles the rest."""
         if self.inbuf is not None:
             # Append, and parse again only once the frame can be whole, so a
             # frame trickling in byte by byte costs linear time.
@@ -338,44 +338,23 @@ class Connection(asyncio.Protocol):
             if len(self.inbuf) < self.need:
                 return b""
             data, self.inbuf = bytes(self.inbuf), None
-        n = len(data)
-        pos = 0
-        max_size = self.srv.max_size
-        while True:
-            if pos == n:
-                return b""
-            if self.closing or self.proto.state is not OPEN:
-                break
-            if n - pos < 2:
-                return self._hold(data, pos, 2)
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            if not b1 & 0x80:
-                break  # unmasked: websockets closes with 1002
-            if b0 != 0x81 and not ((b0 == 0x89 or b0 == 0x8A) and length <= 125):
-                break  # not a final text frame, ping or pong
-            head = pos + (6 if length < 126 else 8 if length == 126 else 14)
-            if n < head:
-                return self._hold(data, pos, head - pos)
-            if length == 126:
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            elif length == 127:
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            if length > max_size:
-                break  # too big: websockets closes with 1009
-            end = head + length
-            if end > n:
-                return self._hold(data, pos, end - pos)
-            payload = apply_mask(data[head:end], data[head - 4 : head])
-            pos = end
-            if b0 == 0x81:
+        if self.closing or self.proto.state is not OPEN:
+            self.fast = False
+            return data
+        frames: list[tuple[int, bytes]] = []
+        pos, need = parse_frames(data, self.srv.max_size, frames)
+        for first, payload in frames:
+            if first == TEXT:
                 self._enqueue(payload)
-            elif b0 == 0x89:
+            elif first == PING:
                 assert self.transport is not None
-                self.transport.write(bytes((0x8A, length)) + payload)
+                self.transport.write(bytes((0x8A, len(payload))) + payload)
             else:
                 self.ping_due = False
+        if pos == len(data):
+            return b""
+        if need:
+            return self._hold(data, pos, need)
         self.fast = False
         return data[pos:]
 
@@ -417,7 +396,7 @@ class Connection(asyncio.Protocol):
                     await hub.wait_for_room(loop.time())
                     if not requests:
                         break
-                replies.extend(dumps(r) for r in await srv.handle_run(requests))
+                replies.extend(dumps(r) for r in await srv.api.handle_run(requests))
             self._answer(replies)
             self.busy = False
             if self.held is not None:
@@ -440,25 +419,3 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(b"".join([text_frame(r) for r in replies]))
 
-
-def _parse_subscription(query: str) -> tuple[Filter, Any, int | None]:
-    apps: list[str] = []
-    types: list[str] = []
-    since = None
-    last = None
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "app":
-            apps.extend(v for v in value.split(",") if v)
-        elif name == "type":
-            types.extend(v for v in value.split(",") if v)
-        elif name == "since":
-            if value:
-                since = parse_id(value)
-        elif name == "last":
-            try:
-                last = int(value)
-            except ValueError:
-                raise ValueError(f"last must be a whole number, got {value!r}") from None
-            if last < 0:
-                raise ValueError(f"last must be zero or more, got {value!r}")
-    return Filter(apps, types), since, last

@@ -1,4 +1,4 @@
-"""Subscribers, filters, bounded queues, fan-out and counters; no sockets, no Click, no rich."""
+"""Fan-out: subscribers, their filters and bounded queues, and the writes; it knows sinks, not sockets."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ class Hub:
         self._handoffs: list[Member] = []
         self._congested: dict[Member, None] = {}
         self._room: asyncio.Event | None = None
+        self._flush_soon: asyncio.Handle | None = None
         self.members = 0
         self.published = 0
         self.delivered = 0
@@ -115,7 +116,12 @@ class Hub:
     # ------------------------------------------------------------ publishing
 
     async def publish(self, items: Sequence[Item]) -> list[Event]:
-        """Order, retain and fan out one all-or-nothing batch of valid events."""
+        """Order, retain and fan out one all-or-nothing batch of valid events.
+
+        The frames are written by the next `flush`: the hub schedules one
+        itself, and a publisher that wants its subscribers served before it
+        answers (the /api connection) flushes at once.
+        """
         return await self.broker.publish(items)
 
     def deliver(self, events: Sequence[Event]) -> None:
@@ -136,6 +142,15 @@ class Hub:
                 for m in self._handoffs:
                     if m.handoff is not None and m.flt.match(etype, ev.app):
                         m.handoff.append(ev)
+        if dirty and self._flush_soon is None:
+            try:
+                self._flush_soon = asyncio.get_running_loop().call_soon(self._flush_scheduled)
+            except RuntimeError:  # no loop (a synchronous test): the caller flushes
+                pass
+
+    def _flush_scheduled(self) -> None:
+        self._flush_soon = None
+        self.flush()
 
     def gap(self, since: str, oldest: str) -> None:
         """Send every live member a `hub.gap` frame, in order with its events: the

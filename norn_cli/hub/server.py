@@ -1,57 +1,37 @@
-"""The hub on a socket: listening, auth policy, `/api` ops, /healthz, /metrics, keepalive, shutdown.
+"""The hub on a socket: listening, the connections' shared state, keepalive and shutdown.
 
-Each accepted connection is a `connection.Connection`; this module owns what
-is shared between them.
+Each accepted connection is a `connection.Connection` that asks this server
+(its `Host`) where a request goes (routing.py), what `/api` answers (api.py)
+and what `/healthz` and `/metrics` say (metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
-import ipaddress
 import logging
 import ssl
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from websockets.datastructures import Headers
-from websockets.protocol import OPEN
-
 from norn_cli import __version__
-from norn_cli.hub.brokers.base import Broker, Item, Unavailable
+from norn_cli.core.errors import ConfigError
+from norn_cli.core.origin import is_loopback_host
+from norn_cli.hub import metrics
+from norn_cli.hub.api import MERGE_EVENTS, Api, OpHandler
+from norn_cli.hub.brokers.base import Broker
 from norn_cli.hub.brokers.memory import MemoryBroker
-from norn_cli.hub.connection import Connection, error_reply
-from norn_cli.core.errors import ConfigError, EventError, OperationFailed
-from norn_cli.core.events import dumps, loads, validate_event
+from norn_cli.hub.connection import Connection
 from norn_cli.hub.fanout import Hub, Member
+from norn_cli.hub.routing import RequestHeaders, Route, route
 from norn_cli.hub.writer import FanoutWriter, default_threads
 
-__all__ = ["HubServer", "OpHandler", "is_loopback_host", "run_until_signalled", "settle_gc", "tls_context"]
+__all__ = ["HubServer", "run_until_signalled", "settle_gc", "tls_context"]
 
 log = logging.getLogger("norn.server")
 
-OpHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-"""An extra `/api` op: takes the request, returns the reply's fields or raises
-OperationFailed(message, code=...)."""
-
 DEFAULT_MAX_SIZE = 64 * 1024
-MERGE_EVENTS = 32  # pipelined publishes folded into one broker call, in events (half the default queue)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses (IPv4, IPv6, IPv4-mapped)."""
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -62,28 +42,6 @@ def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the TLS certificate {certfile}: {exc}") from None
     return ctx
-
-
-def _publish_plan(req: dict[str, Any]) -> tuple[list[Item], bool] | dict[str, Any]:
-    """A publish request's validated events (and whether it was one `event`), or its error reply."""
-    items: list[Item] = []
-    if "event" in req:
-        try:
-            items.append(validate_event(req["event"]))
-        except EventError as exc:
-            return error_reply("bad_request", exc.message)
-        return items, True
-    batch = req.get("events")
-    if isinstance(batch, list) and batch:
-        for i, obj in enumerate(batch):
-            try:
-                items.append(validate_event(obj))
-            except EventError as exc:
-                return error_reply("bad_request", f"events[{i}]: {exc.message}; nothing was published")
-        return items, False
-    if "events" in req:
-        return error_reply("bad_request", "\"events\" must be a non-empty array of events")
-    return error_reply("bad_request", "publish needs \"event\" (one) or \"events\" (a batch)")
 
 
 class HubServer:
@@ -119,26 +77,37 @@ class HubServer:
             default_threads() if fanout_threads is None else fanout_threads
         )
         self.hub = Hub(self.broker, queue_size=queue_size, stall_grace=stall_grace, writer=self.writer)
-        self.merge_events = max(1, min(MERGE_EVENTS, queue_size // 2))
+        self.api = Api(self.hub, self.status, ops=ops, merge_events=max(1, min(MERGE_EVENTS, queue_size // 2)))
         self.token = token or None
         self.allowed_origins = frozenset(allowed_origins)
         self.max_size = max_size
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         self.ssl_context = ssl_context
-        self.ops: dict[str, OpHandler] = dict(ops or {})
+        self.tls = ssl_context is not None
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[Connection] = set()
-        self.all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
-        self.api_conns = 0
-        self.op_counts: dict[str, int] = {}
+        self._all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
         self.started = time.time()
         self._server: asyncio.Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    @property
+    def ops(self) -> dict[str, OpHandler]:
+        """The extra `/api` ops (the pipeline runner adds its own here)."""
+        return self.api.ops
+
+    @property
+    def op_counts(self) -> dict[str, int]:
+        return self.api.op_counts
+
+    @property
+    def api_conns(self) -> int:
+        return sum(1 for c in self.conns if c.kind == "api")
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task the server keeps a reference to until it ends."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
@@ -192,14 +161,14 @@ class HubServer:
         for conn in conns:
             conn.close(code, reason)
         if self.conns:
-            self.all_closed = asyncio.Event()
+            self._all_closed = asyncio.Event()
             try:
                 async with asyncio.timeout(self.close_timeout):
-                    await self.all_closed.wait()
+                    await self._all_closed.wait()
             except TimeoutError:
                 pass
         for conn in list(self.conns):
-            conn._abort()
+            conn.abort()
         await self.broker.close()
         self.writer.close()
 
@@ -214,129 +183,33 @@ class HubServer:
         assert self._server is not None
         await self._server.serve_forever()
 
-    # -------------------------------------------------------- policies
+    # -------------------------------------------------------- what connections ask (connection.Host)
 
-    def api_refusal(self, headers: Headers, peer_host: str) -> tuple[int, str] | None:
-        """Why `/api` is refused for this request (status, message), or None."""
-        if self.token is not None:
-            auth = headers.get("Authorization", "")
-            scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                return 401, "this hub needs a bearer token for /api (Authorization: Bearer <token>)"
-            return None
-        if "Origin" in headers:
-            return 403, "publishing from a web page needs a token; this hub has none"
-        if not is_loopback_host(peer_host):
-            return 403, "without a token, /api is only for clients on this machine"
-        return None
+    @property
+    def last_id(self) -> str:
+        return self.broker.last_id
 
-    def count_op(self, op: str) -> None:
-        self.op_counts[op] = self.op_counts.get(op, 0) + 1
+    def route(self, target: str, headers: RequestHeaders, peer_host: str) -> Route:
+        return route(target, headers, peer_host, token=self.token, allowed_origins=self.allowed_origins)
 
-    # -------------------------------------------------------- /api
+    def page(self, name: str) -> tuple[int, bytes, str]:
+        if name == "healthz":
+            status, body = metrics.health(self.hub, self.broker)
+            return status, body, "application/json"
+        return 200, self.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8"
 
-    async def handle(self, raw: bytes) -> dict[str, Any]:
-        """Answer one `/api` request; never raises."""
-        return (await self.handle_run(deque([raw])))[0]
+    def opened(self, conn: Connection) -> None:
+        self.conns.add(conn)
 
-    async def handle_run(self, requests: deque[bytes | Exception]) -> list[dict[str, Any]]:
-        """Answer requests from the front of `requests`, in order; never raises.
+    def closed(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        if not self.conns and self._all_closed is not None:
+            self._all_closed.set()
 
-        Consecutive publishes are ordered by one broker call of at most about
-        `merge_events` events (one round trip to Redis instead of one per
-        request); each keeps its own reply, and a bad one is refused alone.
-        The limit is half a subscriber's queue, so a subscriber that fell
-        behind just before cannot overflow from one such call.
-        """
-        limit = self.merge_events
-        replies: list[dict[str, Any]] = []
-        held: list[tuple[int, list[Item], bool]] = []  # (reply index, events, one `event`?)
-        count = 0
-        while requests and count < limit:
-            req, refusal = self._parse(requests.popleft())
-            if refusal is not None:
-                replies.append(refusal)
-                continue
-            if req["op"] != "publish":
-                await self._publish_held(held, replies)
-                replies.append(await self._run_op(req))
-                continue
-            self.count_op("publish")
-            plan = _publish_plan(req)
-            if isinstance(plan, dict):
-                replies.append(plan)
-                continue
-            items, single = plan
-            held.append((len(replies), items, single))
-            replies.append({})
-            count += len(items)
-        await self._publish_held(held, replies)
-        return replies
-
-    def _parse(self, raw: bytes | Exception) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """(the request, None), or ({}, the reply refusing it)."""
-        refusal = None
-        if isinstance(raw, Exception):
-            refusal = str(raw)
-        else:
-            try:
-                req = loads(raw)
-            except ValueError as exc:
-                refusal = f"request is not valid JSON: {exc}"
-            else:
-                if not isinstance(req, dict):
-                    refusal = 'request must be a JSON object like {"op": "publish", ...}'
-                elif not isinstance(req.get("op"), str) or not req["op"]:
-                    refusal = 'request needs an "op" (publish, status, ...)'
-                else:
-                    return req, None
-        self.count_op("invalid")
-        return {}, error_reply("bad_request", refusal)
-
-    async def _publish_held(self, held: list[tuple[int, list[Item], bool]], replies: list[dict[str, Any]]) -> None:
-        """Order the held publishes in one broker call and fill in their replies."""
-        if not held:
-            return
-        try:
-            events = await self.hub.publish([item for _, items, _ in held for item in items])
-        except Unavailable as exc:
-            for index, _, _ in held:
-                replies[index] = error_reply("unavailable", str(exc))
-        except Exception:
-            log.exception("publish failed")
-            for index, _, _ in held:
-                replies[index] = error_reply("internal", "the hub failed to publish; see its log")
-        else:
-            pos = 0
-            for index, items, single in held:
-                ids = [ev.id for ev in events[pos : pos + len(items)]]
-                pos += len(items)
-                replies[index] = {"ok": True, "id": ids[0]} if single else {"ok": True, "ids": ids}
-        held.clear()
-
-    async def _run_op(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req["op"]
-        try:
-            if op == "status":
-                self.count_op(op)
-                return self.status()
-            handler = self.ops.get(op)
-            if handler is None:
-                self.count_op("unknown")
-                known = ", ".join(sorted({"publish", "status", *self.ops}))
-                return error_reply("not_found", f"unknown op {op!r} (known: {known})")
-            self.count_op(op)
-            reply = await handler(req)
-            return {"ok": True, **reply}
-        except OperationFailed as exc:
-            return error_reply(exc.code, exc.message)
-        except Unavailable as exc:
-            return error_reply("unavailable", str(exc))
-        except Exception:
-            log.exception("op %s failed", op)
-            return error_reply("internal", f"the hub failed to handle {op!r}; see its log")
+    # -------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
+        """The `status` op's reply."""
         hub = self.hub
         return {
             "ok": True,
@@ -353,74 +226,17 @@ class HubServer:
             "version": __version__,
         }
 
-    # -------------------------------------------------------- plain HTTP
-
-    def health(self) -> tuple[int, bytes]:
-        problem = self.broker.problem
-        body: dict[str, Any] = {"ok": problem is None, "clients": self.hub.members, "broker": self.broker.name}
-        if problem is not None:
-            body["error"] = problem
-        return (200 if problem is None else 503), dumps(body) + b"\n"
-
     def metrics_text(self) -> str:
-        hub = self.hub
-        lines = [
-            "# HELP norn_connections Subscribers connected to /ws.",
-            "# TYPE norn_connections gauge",
-            f"norn_connections {hub.members}",
-            "# HELP norn_api_connections Connections to /api.",
-            "# TYPE norn_api_connections gauge",
-            f"norn_api_connections {self.api_conns}",
-            "# HELP norn_events_in_total Events published.",
-            "# TYPE norn_events_in_total counter",
-            f"norn_events_in_total {hub.published}",
-            "# HELP norn_events_out_total Event frames handed to subscribers.",
-            "# TYPE norn_events_out_total counter",
-            f"norn_events_out_total {hub.delivered}",
-            "# HELP norn_dropped_clients_total Subscribers closed as slow consumers.",
-            "# TYPE norn_dropped_clients_total counter",
-            f"norn_dropped_clients_total {hub.dropped}",
-            "# HELP norn_fanout_threads Threads besides the event loop writing to subscribers.",
-            "# TYPE norn_fanout_threads gauge",
-            f"norn_fanout_threads {self.writer.threads}",
-            "# HELP norn_fanout_short_writes_total Direct writes a subscriber's socket took only part of (the rest was queued).",
-            "# TYPE norn_fanout_short_writes_total counter",
-            f"norn_fanout_short_writes_total {self.writer.short_writes}",
-            "# HELP norn_retained_events Events retained for replay.",
-            "# TYPE norn_retained_events gauge",
-            f"norn_retained_events {self.broker.retained}",
-            "# HELP norn_broker_up 1 while the broker can order events.",
-            "# TYPE norn_broker_up gauge",
-            f'norn_broker_up{{broker="{self.broker.name}"}} {int(self.broker.healthy)}',
-            "# HELP norn_api_requests_total /api requests by op.",
-            "# TYPE norn_api_requests_total counter",
-        ]
-        for op, n in sorted(self.op_counts.items()):
-            lines.append(f'norn_api_requests_total{{op="{op}"}} {n}')
-        for name, value in self.broker.metrics().items():
-            lines.append(f"{name} {value}")
-        return "\n".join(lines) + "\n"
-
-    # -------------------------------------------------------- keepalive
+        return metrics.metrics_text(
+            self.hub, self.broker, self.writer, api_conns=self.api_conns, op_counts=self.api.op_counts
+        )
 
     async def _ping_loop(self) -> None:
         """One timer for every connection: ping, and reap peers that stopped answering."""
         while True:
             await asyncio.sleep(self.ping_interval)
             for conn in list(self.conns):
-                if conn.kind == "" or conn.closing or conn.proto.state is not OPEN:
-                    continue
-                if conn.ping_due and not conn.seen:
-                    log.info("%s stopped answering pings; closing", conn.peer)
-                    if conn.member is not None:
-                        self.hub.leave(conn.member)
-                        conn.member = None
-                    conn.close(1011, "keepalive ping timeout")
-                    continue
-                conn.seen = False
-                conn.ping_due = True
-                conn.proto.send_ping(b"norn")
-                conn._pump()
+                conn.keepalive()
 
 
 def settle_gc() -> None:

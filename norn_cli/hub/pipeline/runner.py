@@ -75,8 +75,10 @@ class _Server(Protocol):
     """What the runner needs of a HubServer (this module does not import the server)."""
 
     hub: Hub
-    ops: dict[str, Handler]
     on_shutdown: list[Callable[[], Awaitable[None]]]
+
+    @property
+    def ops(self) -> dict[str, Handler]: ...
 
 
 def attach_runner(srv: _Server, config: Config, **options: Any) -> Runner:
@@ -401,9 +403,7 @@ class Runner:
 
     async def _publish(self, *items: tuple[str, str, dict[str, Any]]) -> list[Event]:
         checked = [validate_event({"type": t, "appId": a, "payload": p}) for t, a, p in items]
-        events = await self.hub.publish(checked)
-        self.hub.flush()  # outside an /api request nobody else sends the frames
-        return events
+        return await self.hub.publish(checked)
 
     # ------------------------------------------------------------ health
 
