@@ -12,7 +12,7 @@ from conftest import ThreadHub
 
 from norn_cli import __version__
 from norn_cli.cli.main import norn
-from norn_cli.client.connect import Endpoint
+from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.events import loads
 
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import TIMEOUT
 from helpers import event, publish, wait_members, ws
 from norn_cli.hub.brokers.memory import MemoryBroker
-from norn_cli.client.connect import Endpoint, subscribe
+from norn_cli.client.endpoint import Endpoint
+from norn_cli.client.connect import subscribe
 from norn_cli.core.errors import HubUnreachable
 from norn_cli.hub.server import HubServer
 
@@ -24,7 +25,7 @@ async def test_subscription_gives_up_when_the_hub_stays_away() -> None:
         first = asyncio.ensure_future(stream.__anext__())
         await wait_members(srv, 1)
         await publish(api, event(n=1))
-        assert (await asyncio.wait_for(first, TIMEOUT))["payload"] == {"n": 1}
+        assert (await asyncio.wait_for(first, TIMEOUT)).envelope["payload"] == {"n": 1}
     await srv.close()
     with pytest.raises(HubUnreachable) as info:
         async with asyncio.timeout(TIMEOUT):
@@ -59,7 +60,7 @@ async def test_subscription_resumes_on_a_restarted_hub_exactly_once() -> None:
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
         await again.close()
-    assert [g["payload"]["n"] for g in got] == [0, 1, 2]
+    assert [g.envelope["payload"]["n"] for g in got] == [0, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_ndjson_errors_name_the_line(line: bytes, message: str) -> None:
 
 async def test_losing_the_hub_mid_file_says_how_many_got_through() -> None:
     """A hub that closes mid-publish (here: its frame limit) is exit 3 with a count."""
-    from norn_cli.client.connect import Endpoint
+    from norn_cli.client.endpoint import Endpoint
     from norn_cli.client.emit import emit_events
     from norn_cli.core.errors import HubUnreachable
     from norn_cli.hub.server import HubServer

@@ -15,7 +15,8 @@ from conftest import TIMEOUT, norn_argv, norn_env, run_norn
 from websockets.asyncio.client import connect
 
 from norn_cli.hub.brokers.memory import MemoryBroker
-from norn_cli.client.connect import ApiClient, Endpoint
+from norn_cli.client.endpoint import Endpoint
+from norn_cli.client.connect import ApiClient
 from norn_cli.core.events import loads
 from norn_cli.hub.server import HubServer
 

@@ -9,6 +9,7 @@ from norn_cli.core.config import parse_config
 from norn_cli.hub.pipeline.runner import attach_runner
 from norn_cli.core.run_state import RunState
 from norn_cli.hub.server import HubServer
+from norn_cli.client.endpoint import Endpoint
 from norn_cli.client.watch import RunView, follow
 
 __all__ = ["DEMO_TOML", "run_demo"]
@@ -44,4 +45,4 @@ async def run_demo(view: RunView, *, ref: str = "v1.0.0") -> RunState:
         runner = attach_runner(srv, config)
         async with srv:
             runner.start()
-            return await follow(srv.url, {"op": "deploy", "app": "demo", "ref": ref}, view, reattach=False)
+            return await follow(Endpoint.parse(srv.url), {"op": "deploy", "app": "demo", "ref": ref}, view, reattach=False)

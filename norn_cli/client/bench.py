@@ -31,7 +31,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from norn_cli.client.connect import Endpoint, open_connection
+from norn_cli.client.endpoint import Endpoint
+from norn_cli.client.connect import open_connection
 from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed
 from norn_cli.core.events import loads
 

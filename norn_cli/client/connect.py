@@ -1,79 +1,29 @@
-"""Talking to a hub: endpoints, connecting with clear errors, request/reply on /api,
+"""Talking to a hub: connecting with clear errors, request/reply on /api,
 pipelined publishing, and a subscription that reconnects and resumes from the last id."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import errno
 import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed, Unauthorized
+from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.events import dumps, loads
 
-__all__ = ["ApiClient", "Endpoint", "Frame", "publish_stream", "subscribe", "subscribe_frames"]
+__all__ = ["ApiClient", "Frame", "open_connection", "publish_stream", "subscribe"]
 
 Notice = Callable[[str], None]
 MAX_EVENT_FRAME = 1 << 20
 BATCH_BYTES = 60 * 1024  # the hub refuses frames over 64 KiB
 BATCH_EVENTS = 1000
-
-
-class Endpoint:
-    """A hub's address, from any of `ws(s)://`, `http(s)://`, with or without a path."""
-
-    def __init__(self, scheme: str, netloc: str, prefix: str) -> None:
-        self.scheme = scheme  # "ws" or "wss"
-        self.netloc = netloc
-        self.prefix = prefix  # path before /ws and /api, "" or "/something"
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        raw = url.strip()
-        if "://" not in raw:
-            raw = "ws://" + raw
-        try:
-            parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ConfigError(f"bad hub URL {url!r}: {exc}") from None
-        schemes = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}
-        scheme = schemes.get(parts.scheme.lower())
-        if scheme is None or not parts.hostname:
-            raise ConfigError(f"bad hub URL {url!r}: use ws://HOST:PORT, wss://, http:// or https://")
-        path = parts.path.rstrip("/")
-        for tail in ("/ws", "/api", "/healthz", "/metrics"):
-            if path.endswith(tail):
-                path = path[: -len(tail)]
-                break
-        return cls(scheme, parts.netloc, path)
-
-    @property
-    def secure(self) -> bool:
-        return self.scheme == "wss"
-
-    @property
-    def base(self) -> str:
-        return f"{self.scheme}://{self.netloc}{self.prefix}"
-
-    def ws_url(self, query: dict[str, Any] | Sequence[tuple[str, Any]] | None = None) -> str:
-        q = urlencode(query, doseq=True) if query else ""
-        return urlunsplit((self.scheme, self.netloc, self.prefix + "/ws", q, ""))
-
-    @property
-    def api_url(self) -> str:
-        return urlunsplit((self.scheme, self.netloc, self.prefix + "/api", "", ""))
-
-    def __str__(self) -> str:
-        return self.base
 
 
 def _ssl_context(endpoint: Endpoint, cafile: str | None) -> ssl.SSLContext | None:
@@ -292,7 +242,7 @@ def _resume_anchor(ws: ClientConnection) -> str | None:
     return f"{seconds * 1000 - 1}-999999999999999"
 
 
-async def subscribe_frames(
+async def subscribe(
     endpoint: Endpoint,
     *,
     apps: Sequence[str] = (),
@@ -306,9 +256,14 @@ async def subscribe_frames(
     backoff: tuple[float, float] = (0.2, 5.0),
     on_connect: Notice | None = None,
 ) -> AsyncGenerator[Frame, None]:
-    """`subscribe`, yielding each frame's text as received beside its envelope.
+    """Stream frames from `/ws`, filtered by the hub: each envelope beside its text as received.
 
-    `on_connect` is told the URL each time a connection is established.
+    After a lost connection (restart, network, a slow-consumer drop) it
+    reconnects with exponential backoff and jitter and resumes from the last
+    id it yielded, so nothing still retained is lost or repeated. The first
+    connection failing, `reconnect=False`, or `give_up_after` seconds without
+    a connection raise HubUnreachable. `on_connect` is told the URL each time
+    a connection is established.
     """
     notice = on_notice or (lambda _msg: None)
     last_id = since
@@ -363,34 +318,3 @@ async def subscribe_frames(
         lost_at = loop.time()
         notice(f"lost the hub at {endpoint} ({reason}); reconnecting")
 
-
-async def subscribe(
-    endpoint: Endpoint,
-    *,
-    apps: Sequence[str] = (),
-    types: Sequence[str] = (),
-    since: str | None = None,
-    last: int | None = None,
-    reconnect: bool = True,
-    cafile: str | None = None,
-    on_notice: Notice | None = None,
-    give_up_after: float | None = None,
-    backoff: tuple[float, float] = (0.2, 5.0),
-    on_connect: Notice | None = None,
-) -> AsyncIterator[dict[str, Any]]:
-    """Stream envelopes from `/ws`, filtered by the hub.
-
-    After a lost connection (restart, network, a slow-consumer drop) it
-    reconnects with exponential backoff and jitter and resumes from the last
-    id it yielded, so nothing still retained is lost or repeated. The first
-    connection failing, `reconnect=False`, or `give_up_after` seconds without
-    a connection raise HubUnreachable.
-    """
-    frames = subscribe_frames(
-        endpoint, apps=apps, types=types, since=since, last=last, reconnect=reconnect,
-        cafile=cafile, on_notice=on_notice, give_up_after=give_up_after, backoff=backoff,
-        on_connect=on_connect,
-    )  # fmt: skip
-    async with contextlib.aclosing(frames):
-        async for frame in frames:
-            yield frame.envelope

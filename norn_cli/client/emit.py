@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from norn_cli.client.connect import BATCH_BYTES, ApiClient, Endpoint, publish_stream
+from norn_cli.client.endpoint import Endpoint
+from norn_cli.client.connect import BATCH_BYTES, ApiClient, publish_stream
 from norn_cli.core.errors import EventError, HubUnreachable, OperationFailed
 from norn_cli.core.events import dumps, loads, validate_event
 

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from norn_cli.client.connect import Endpoint, Frame, Notice, open_connection, subscribe_frames
+from norn_cli.client.endpoint import Endpoint
+from norn_cli.client.connect import Frame, Notice, open_connection, subscribe
 from norn_cli.core.errors import OperationFailed, TimedOut
 from norn_cli.core.events import loads
 
@@ -88,7 +89,7 @@ async def tail(
 
     async def follow() -> None:
         nonlocal seen
-        frames = subscribe_frames(
+        frames = subscribe(
             endpoint, apps=apps, types=_subscribed_types(types, stop), since=since, last=last,
             reconnect=reconnect, cafile=cafile, on_notice=on_notice, on_connect=on_connect,
         )  # fmt: skip

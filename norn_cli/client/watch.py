@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import norn_cli.client.connect as client
+from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.errors import HubUnreachable
 from norn_cli.core.events import parse_id
 from norn_cli.core.run_state import RunState
@@ -74,9 +75,8 @@ class Target:
         return f"norn watch {self.run_id}" if self.run_id else f"norn {self.kind} {self.app} --attach"
 
 
-async def start_run(url: str, request: dict[str, Any], *, token: str | None = None, cafile: str | None = None) -> Target:
+async def start_run(endpoint: Endpoint, request: dict[str, Any], *, token: str | None = None, cafile: str | None = None) -> Target:
     """Send a pipeline op (`{"op": "deploy", "app": ..., ...}`); where its events will be."""
-    endpoint = client.Endpoint.parse(url)
     async with client.ApiClient(endpoint, token=token, cafile=cafile) as api:
         before = await api.request({"op": "status"})
         reply = await api.request(request)
@@ -87,7 +87,7 @@ async def start_run(url: str, request: dict[str, Any], *, token: str | None = No
 
 
 async def find_run(
-    url: str,
+    endpoint: Endpoint,
     *,
     run_id: str | None = None,
     app: str | None = None,
@@ -98,7 +98,7 @@ async def find_run(
     """Ask the hub where a run is: by id, or the latest `kind` run of `app`."""
     request: dict[str, Any] = {"op": "runinfo"}
     request.update({"runId": run_id} if run_id else {"app": app, "kind": kind})
-    async with client.ApiClient(client.Endpoint.parse(url), token=token, cafile=cafile) as api:
+    async with client.ApiClient(endpoint, token=token, cafile=cafile) as api:
         reply = await api.request(request)
     return Target(
         app=reply["app"], kind=reply["kind"], run_id=reply.get("runId"), queued_id=str(reply["id"]),
@@ -107,24 +107,20 @@ async def find_run(
 
 
 async def run_events(
-    url: str, target: Target, *, cafile: str | None = None, on_notice: Callable[[str], None] | None = None
+    endpoint: Endpoint, target: Target, *, cafile: str | None = None, on_notice: Callable[[str], None] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """The run's envelopes (and any `hub.gap`), replayed then live, ending with its last event."""
     where: dict[str, Any] = {"since": target.since} if target.since else {"last": EVERYTHING}
-    events = client.subscribe(
-        client.Endpoint.parse(url), apps=[target.app], cafile=cafile, on_notice=on_notice,
-        give_up_after=GIVE_UP_AFTER, **where,
-    )  # fmt: skip
-    try:
-        async for env in events:
+    frames = client.subscribe(
+        endpoint, apps=[target.app], cafile=cafile, on_notice=on_notice, give_up_after=GIVE_UP_AFTER, **where
+    )
+    async with aclosing(frames):
+        async for frame in frames:
+            env = frame.envelope
             if env.get("type") == "hub.gap" or target.belongs(env):
                 yield env
                 if target.ends(env):
                     return
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
     raise HubUnreachable(f"the hub ended the stream before {target.kind} run {target.run_id or ''} finished")
 
 
@@ -155,7 +151,7 @@ async def _tick(view: RunView) -> None:
 
 
 async def follow(
-    url: str,
+    endpoint: Endpoint,
     request: dict[str, Any],
     view: RunView,
     *,
@@ -169,22 +165,22 @@ async def follow(
     `reattach=False` when the hub ends with this call (the demo): Ctrl-C then gives no hint.
     """
     if attach:
-        target = await find_run(url, app=request["app"], kind=request["op"], token=token, cafile=cafile)
+        target = await find_run(endpoint, app=request["app"], kind=request["op"], token=token, cafile=cafile)
     else:
-        target = await start_run(url, request, token=token, cafile=cafile)
-    return await _show(url, target, view, cafile, reattach)
+        target = await start_run(endpoint, request, token=token, cafile=cafile)
+    return await _show(endpoint, target, view, cafile, reattach)
 
 
 async def watch(
-    url: str, run_id: str, view: RunView, *, token: str | None = None, cafile: str | None = None
+    endpoint: Endpoint, run_id: str, view: RunView, *, token: str | None = None, cafile: str | None = None
 ) -> RunState:
     """`norn watch RUN_ID`: replay a run in progress or finished, and show it to the end."""
-    target = await find_run(url, run_id=run_id, token=token, cafile=cafile)
-    return await _show(url, target, view, cafile, True)
+    target = await find_run(endpoint, run_id=run_id, token=token, cafile=cafile)
+    return await _show(endpoint, target, view, cafile, True)
 
 
-async def _show(url: str, target: Target, view: RunView, cafile: str | None, reattach: bool) -> RunState:
+async def _show(endpoint: Endpoint, target: Target, view: RunView, cafile: str | None, reattach: bool) -> RunState:
     hint = f"detached; the {target.kind} goes on at the hub. Re-attach with: {target.reattach}" if reattach else None
     view.state.run_id, view.state.kind = target.run_id, target.kind
-    events = run_events(url, target, cafile=cafile, on_notice=view.notice)
+    events = run_events(endpoint, target, cafile=cafile, on_notice=view.notice)
     return await show_run(events, view, detach_hint=hint)

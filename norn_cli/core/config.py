@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from norn_cli.core.errors import ConfigError
+from norn_cli.core.kinds import KINDS
 
 __all__ = ["KINDS", "App", "Config", "Step", "find_config", "load_config", "parse_config"]
 
 CONFIG_NAME = "norn.toml"
-KINDS = ("deploy", "forge", "teardown", "restart", "rollback")
-"""The pipelines an app may define, each an ordered array of steps."""
 
 DEFAULT_REF = "HEAD"
 _APP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

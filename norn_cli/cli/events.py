@@ -1,0 +1,199 @@
+"""`norn emit` and `norn tail`: publish from the shell, and stream what the hub sends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from norn_cli.cli.common import Settings, hub_endpoint, json_line, notice, run
+from norn_cli.core.errors import NornError
+
+if TYPE_CHECKING:
+    from norn_cli.client.connect import Frame
+
+__all__ = ["emit", "tail"]
+
+
+def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Apps among the hub's recent events; nothing when the hub does not answer quickly."""
+    from norn_cli.client.endpoint import Endpoint
+    from norn_cli.client.tail import recent_apps
+
+    root = ctx.find_root().params
+    try:
+        endpoint = Endpoint.parse(root.get("url") or "ws://localhost:8800")
+    except NornError:
+        return []
+    apps = run(recent_apps(endpoint, cafile=root.get("cafile")))
+    return [app for app in apps if app.startswith(incomplete)]
+
+
+def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from norn_cli.core.events import parse_id
+
+    if value is not None:
+        try:
+            parse_id(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@click.command()
+@click.argument("event_type", metavar="[TYPE]", required=False)
+@click.option("--app", metavar="APP", shell_complete=_complete_apps, help="The app the event is about (its appId); with --file, the default for lines without one.")
+@click.option("--data", metavar="JSON", help="The payload, a JSON object.")
+@click.option(
+    "-p", "--payload", "pairs", multiple=True, metavar="KEY=VALUE",
+    help="A payload field (repeatable): VALUE is JSON when it parses as JSON, else a string; dotted keys nest (a.b=1).",
+)  # fmt: skip
+@click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event).")
+@click.pass_obj
+def emit(
+    settings: Settings,
+    event_type: str | None,
+    app: str | None,
+    data: str | None,
+    pairs: tuple[str, ...],
+    file: str | None,
+    as_json: bool,
+) -> None:
+    """Publish an event (or many, from NDJSON) and print the id the hub assigned.
+
+    Everything is checked against the hub's rules before anything is sent:
+    a file or stdin is read to its end and checked whole, then published
+    over one connection, batched and pipelined.
+
+    \b
+    Examples:
+      norn emit deploy.step --app mail-agent -p step=build -p status=building
+      norn emit backup.completed --app db --data '{"sizeMb": 120}' --json
+      norn emit --file events.ndjson
+      norn --url ws://old:8800 tail --json --last 100 --count 100 | norn emit --file -
+    """
+    from norn_cli.client import emit as emitting
+
+    if file is not None and (data is not None or pairs):
+        raise click.UsageError("--file takes whole events; use --data and -p with TYPE instead")
+    if file is None and (event_type is None or app is None):
+        raise click.UsageError("give TYPE and --app (or --file PATH, '-' for stdin)")
+    endpoint = hub_endpoint(settings)
+    out = sys.stdout
+    if file is None:
+        assert event_type is not None and app is not None
+        reply = run(emitting.emit_from_flags(
+            endpoint, event_type, app, data=data, pairs=pairs, token=settings.token, cafile=settings.cafile
+        ))  # fmt: skip
+        out.write((json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
+        return
+
+    def on_id(event_id: str) -> None:
+        out.write((json_line({"ok": True, "id": event_id}) if as_json else event_id) + "\n")
+
+    try:
+        stream = click.open_file(file, "rb")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="'--file'") from None
+    with stream:
+        count = run(emitting.emit_ndjson(
+            endpoint, stream, on_id=on_id, source="stdin" if file == "-" else file,
+            default_type=event_type, default_app=app, token=settings.token, cafile=settings.cafile,
+        ))  # fmt: skip
+    out.flush()
+    if settings.verbose:
+        notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
+
+
+@click.command()
+@click.option("--app", "apps", multiple=True, metavar="APP", shell_complete=_complete_apps, help="Only this app's events (repeatable: any of them).")
+@click.option("--type", "types", multiple=True, metavar="PATTERN", help="Only these types, '*' a wildcard, e.g. 'deploy.*' (repeatable).")
+@click.option("--since", metavar="ID", callback=_check_since, help="First replay the retained events after this id.")
+@click.option("--last", type=click.IntRange(0), metavar="N", help="First replay the last N retained events.")
+@click.option("--count", type=click.IntRange(1), metavar="N", help="Exit 0 after N events.")
+@click.option("--until", metavar="TYPE", help="Exit 0 at the first event of TYPE (a glob); for X.completed, exit 1 if X.failed comes first.")
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+    help="Give up after SECONDS with exit 5 unless --count/--until was met (without them: unless any event arrived).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="NDJSON: each envelope exactly as received, one per line.")
+@click.option("--format", "template", metavar="TEMPLATE", help="One line per event from a template: '{ts} {appId} {type} {payload[step]}'.")
+@click.option("--no-reconnect", is_flag=True, help="Exit 3 when the connection is lost, instead of reconnecting and resuming.")
+@click.pass_obj
+def tail(
+    settings: Settings,
+    apps: tuple[str, ...],
+    types: tuple[str, ...],
+    since: str | None,
+    last: int | None,
+    count: int | None,
+    until: str | None,
+    timeout: float | None,
+    as_json: bool,
+    template: str | None,
+    no_reconnect: bool,
+) -> None:
+    """Stream events as they happen, filtered by the hub.
+
+    A lost connection is reported on stderr, retried with backoff and
+    resumed after the last event printed, so nothing still retained is
+    missed or repeated. In --format templates, a payload key an event lacks
+    renders empty; a name other than type, appId, payload, id, ts is an error.
+
+    \b
+    Examples:
+      norn tail --app mail-agent --type 'deploy.*'
+      norn tail --app mail-agent --until deploy.completed --timeout 600
+      norn tail --json --last 100 | jq -r .type
+      norn tail --format '{ts} {appId} {type} {payload[step]}'
+    """
+    from norn_cli.client import tail as tailing
+
+    if as_json and template is not None:
+        raise click.UsageError("--json and --format are alternatives; pick one")
+    endpoint = hub_endpoint(settings)
+    on_frame = _frame_writer(settings, as_json, template)
+    on_connect = (lambda url: notice(f"subscribed to {url}")) if settings.verbose else None
+    run(tailing.tail(
+        endpoint, on_frame, apps=apps, types=types, since=since, last=last,
+        stop=tailing.Stop(count=count, until=until, timeout=timeout), reconnect=not no_reconnect,
+        cafile=settings.cafile, hub_frames=as_json, on_gap=_warn_gap, on_notice=notice, on_connect=on_connect,
+    ))  # fmt: skip
+
+
+def _warn_gap(since: str, oldest: str) -> None:
+    where = f"its history now starts at {oldest}" if oldest else "it retains nothing older"
+    notice(f"warning: events after {since} may be missing; {where}")
+
+
+def _frame_writer(settings: Settings, as_json: bool, template: str | None) -> Callable[[Frame], None]:
+    """Where each event goes: NDJSON as received, a template's line, or a readable line."""
+    out = sys.stdout
+    if as_json:
+
+        def write_raw(frame: Frame) -> None:
+            out.write(frame.raw + "\n")
+            out.flush()
+
+        return write_raw
+    if template is not None:
+        from norn_cli.render.plain import Template, TemplateError
+
+        try:
+            tpl = Template(template)
+        except TemplateError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--format'") from None
+
+        def write_line(frame: Frame) -> None:
+            out.write(tpl.render(frame.envelope) + "\n")
+            out.flush()
+
+        return write_line
+    from norn_cli.render.lines import EventLines, PipeConsole
+
+    console = PipeConsole(file=out, no_color=settings.no_color or None, highlight=False, soft_wrap=True)
+    lines = EventLines(console)
+    return lambda frame: lines.show(frame.envelope)
