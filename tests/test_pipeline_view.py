@@ -18,7 +18,6 @@ from norn_cli.render.pipeline_view import (
     PipelineRenderer,
     clean,
     fmt_clock,
-    fmt_duration,
     make_view,
 )
 from norn_cli.render.run_state import RunState
@@ -178,10 +177,29 @@ def test_untrusted_text_is_not_interpreted() -> None:
     assert "[bold]x[/bold]" in out.getvalue() and "│ [red]no[/red]" in out.getvalue()
 
 
-@pytest.mark.parametrize(("ms", "text"), [(12, "12ms"), (1234, "1.2s"), (65_000, "1m05s")])
-def test_fmt_duration(ms: float, text: str) -> None:
-    """Durations read the way people say them."""
-    assert fmt_duration(ms) == text
+def test_durations_carry_across_units() -> None:
+    """Step and run durations use the one duration format: 119.6 s is 2m00s, 59.95 s is 1m00s, 999.6 ms is 1.0s."""
+    run = [
+        env("deploy.queued", deployment("queued", PLAN)),
+        env("deploy.step", {"step": "build", "status": "completed", "runId": "r1", "durationMs": 119_600}, T0 + 10),
+        env("deploy.step", {"step": "test", "status": "completed", "runId": "r1", "durationMs": 999.6}, T0 + 20),
+        env("deploy.step", {"step": "push", "status": "completed", "runId": "r1", "durationMs": "59.95s"}, T0 + 59.95),
+        env("deploy.completed", deployment("completed", PLAN), T0 + 59.95),
+    ]
+    out = io.StringIO()
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: T0 + 60)
+    for e in run:
+        view.apply(e)
+    assert out.getvalue().splitlines() == [
+        "deploy web @ abc  run r1: build, test, push",
+        "build: completed in 2m00s",
+        "test: completed in 1.0s",
+        "push: completed in 1m00s",
+        "deploy of web completed in 1m00s",
+    ]
+    screen = io.StringIO()
+    console(screen, True).print(PipelineRenderer().render(view.state, now=T0 + 60))
+    assert plain(screen.getvalue())[1:4] == ["✓ build  2m00s", "✓ test   1.0s", "✓ push   1m00s"]
 
 
 def test_fmt_clock() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timezone
 from io import StringIO
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from norn_cli.render.lines import EventLines, event_line, status_style, type_style
-from norn_cli.render.plain import Template, TemplateError, escape_control, first_line
+from norn_cli.render.plain import Template, TemplateError, escape_control, first_line, format_duration
 
 STEP = {
     "type": "deploy.step",
@@ -25,6 +26,39 @@ def test_escape_control_shows_control_characters() -> None:
     """Terminal escapes, newlines and bidi overrides cannot reach the terminal raw."""
     assert escape_control("a\x1b[31mred\x07\nb\tc\x7f\u202e") == "a\\e[31mred\\x07\\nb\\tc\\x7f\\u202e"
     assert escape_control("plain ünïcode ✓") == "plain ünïcode ✓"
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "0ms"),
+        (0.5, "1ms"),  # halves round up
+        (999.4, "999ms"),
+        (999.5, "1.0s"),  # rounds to 1000 ms: carried into seconds, never "1000ms"
+        (999.6, "1.0s"),
+        (1234, "1.2s"),
+        (59_940, "59.9s"),
+        (59_950, "1m00s"),  # rounds to 60.0 s: carried into minutes, never "60.0s"
+        (60_000, "1m00s"),
+        (65_000, "1m05s"),
+        (119_400, "1m59s"),
+        (119_600, "2m00s"),  # never "1m60s"
+        (3_599_400, "59m59s"),
+        (3_599_500, "1h00m"),  # never "59m60s" or "60m00s"
+        (3_720_000, "1h02m"),
+        (3_749_999, "1h02m"),
+        (3_750_000, "1h03m"),
+        (90_000_000, "25h00m"),
+        (-0.4, "0ms"),
+        (-1234, "-1.2s"),  # a clock that went back keeps its sign
+        (math.nan, "?"),
+        (math.inf, "?"),
+        (-math.inf, "?"),
+    ],
+)
+def test_format_duration_carries_across_units(ms: float, text: str) -> None:
+    """Durations read the way people say them, and a value that rounds up carries into the next unit."""
+    assert format_duration(ms) == text
 
 
 def test_first_line() -> None:
@@ -118,3 +152,30 @@ def test_event_line_other_payloads_as_json() -> None:
     assert event_line(env, tz=timezone.utc).plain == '13:27:16.123 db             backup.completed   {"sizeMb":120}'
     env = {"type": "app.status", "appId": "db", "ts": "bad", "payload": {"healthy": False, "responseMs": 12}}
     assert event_line(env, tz=timezone.utc).plain == "bad          db             app.status         unhealthy 12ms"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (119_600, "2m00s"),
+        (59_950, "1m00s"),
+        (999.6, "1.0s"),
+        ("1234", "1.2s"),  # numeric text is a number
+        (" 2.5s ", "2.5s"),  # other text is shown as published
+        ("about\n3s", "about\\n3s"),
+        (-5, "-5ms"),
+        (math.nan, "?"),
+        (10**400, "?"),  # an integer no float holds
+        ("", None),
+        (True, None),
+        (None, None),
+        ([1], None),
+        ({"ms": 1}, None),
+    ],
+)
+def test_event_line_durations_from_raw_payload_values(value: Any, shown: str | None) -> None:
+    """durationMs and responseMs as published, whatever their type, through the one duration format."""
+    for key in ("durationMs", "responseMs"):
+        env = {"type": "x.y", "appId": "db", "ts": "2026-11-27T13:27:16.123Z", "payload": {"status": "ok", key: value}}
+        tail = f" {shown}" if shown is not None else ""
+        assert event_line(env, tz=timezone.utc).plain == f"13:27:16.123 db             x.y                ok{tail}"

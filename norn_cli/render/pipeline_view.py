@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from norn_cli.events import dumps
+from norn_cli.render.plain import format_duration
 from norn_cli.render.run_state import DONE, FAILED, PENDING, SKIPPED, RunState, StepState
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "PipelineRenderer",
     "clean",
     "fmt_clock",
-    "fmt_duration",
     "make_consoles",
     "make_view",
 ]
@@ -51,16 +51,6 @@ def clean(text: str) -> str:
     return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def fmt_duration(ms: float) -> str:
-    """350ms, 1.2s, 1m05s."""
-    if ms < 1000:
-        return f"{ms:.0f}ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f}s"
-    minutes, seconds = divmod(round(ms / 1000), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
 def fmt_clock(seconds: float) -> str:
     """0:04, 12:30, 1:02:03."""
     minutes, secs = divmod(int(seconds), 60)
@@ -70,7 +60,7 @@ def fmt_clock(seconds: float) -> str:
 
 def _step_duration(step: StepState) -> str:
     if step.duration_ms is not None:
-        return fmt_duration(step.duration_ms)
+        return format_duration(step.duration_ms)
     return clean(step.duration_text or "")
 
 
@@ -81,7 +71,7 @@ def _title(state: RunState) -> str:
 
 def _total(state: RunState, now: float) -> str:
     elapsed = state.elapsed(now)
-    return fmt_duration(elapsed * 1000) if elapsed is not None else "?"
+    return format_duration(elapsed * 1000) if elapsed is not None else "?"
 
 
 class PipelineRenderer:

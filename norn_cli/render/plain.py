@@ -1,7 +1,8 @@
-"""Plain text for event output without rich: control-character escaping and `--format` templates."""
+"""Plain text for output without rich: control-character escaping, durations and `--format` templates."""
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Mapping
@@ -9,7 +10,7 @@ from typing import Any
 
 from norn_cli.events import dumps
 
-__all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "first_line"]
+__all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "first_line", "format_duration"]
 
 ENVELOPE_FIELDS = ("type", "appId", "payload", "id", "ts")
 
@@ -30,6 +31,37 @@ def _escape_one(m: re.Match[str]) -> str:
 def escape_control(text: str) -> str:
     """Untrusted text made safe for a terminal: control characters shown as escapes."""
     return _CONTROL.sub(_escape_one, text)
+
+
+def _half_up(x: float) -> int:
+    """x rounded to the nearest whole number, halves away from zero (x >= 0)."""
+    return math.floor(x + 0.5)
+
+
+def format_duration(ms: float) -> str:
+    """A duration in milliseconds as people say it: `350ms`, `1.2s`, `1m05s`, `1h02m`.
+
+    The unit is chosen after rounding, so a value that rounds up to the next
+    unit carries into it: 999.6 ms is `1.0s`, 59.95 s is `1m00s`, 119.6 s is
+    `2m00s`, 3599.5 s is `1h00m`; halves round up. A negative duration (a
+    clock that went back) keeps its sign, `-1.2s`, unless it rounds to `0ms`;
+    NaN and infinities, which are no duration, are `?`.
+    """
+    if not math.isfinite(ms):
+        return "?"
+    if ms < 0:
+        shown = format_duration(-ms)
+        return shown if shown == "0ms" else "-" + shown
+    if _half_up(ms) < 1000:
+        return f"{_half_up(ms)}ms"
+    tenths = _half_up(ms / 100)
+    if tenths < 600:
+        return f"{tenths // 10}.{tenths % 10}s"
+    seconds = _half_up(ms / 1000)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    minutes = _half_up(ms / 60_000)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def first_line(text: str) -> str:
