@@ -114,7 +114,7 @@ def _payload_parts(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
         parts.append((f"error: {escape_control(text)}", "red"))
     output = payload.get("output")
     if isinstance(output, str) and output.strip():
-        parts.append((escape_control(first_line(output)), "dim"))
+        parts.append((escape_control(first_line(output), program_output=True), "dim"))
     if not parts and payload:
         parts.append((_text(dict(payload)), "dim"))
     return parts

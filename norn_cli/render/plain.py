@@ -14,9 +14,17 @@ __all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "fi
 
 ENVELOPE_FIELDS = ("type", "appId", "payload", "id", "ts")
 
-# C0, DEL, C1, and the bidirectional overrides that can disguise a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 (newline and tab included), DEL, C1, the Unicode line and paragraph
+# separators, and every bidirectional control (the marks ALM, LRM, RLM; the
+# embeddings and overrides LRE..RLO; the isolates LRI..PDI), which can make a
+# line read differently from what it holds.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+# The escape sequences programs print for a terminal (ECMA-48): CSI (colours,
+# cursor moves), OSC (titles, links), and ESC with a final byte, after any
+# intermediates (ESC c, ESC 7, ESC ( B).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+TAB_WIDTH = 4  # spaces for a tab in program output
 
 
 def _escape_one(m: re.Match[str]) -> str:
@@ -28,8 +36,17 @@ def _escape_one(m: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def escape_control(text: str) -> str:
-    """Untrusted text made safe for a terminal: control characters shown as escapes."""
+def escape_control(text: str, *, program_output: bool = False) -> str:
+    """Untrusted text made safe for a terminal: control characters shown as escapes.
+
+    A newline, a tab, ESC and U+202E become the visible `\\n`, `\\t`, `\\e` and
+    `\\u202e`; other C0 and C1 controls `\\xNN`. With `program_output` (a
+    step's output: what a build tool printed for a terminal), escape
+    sequences are dropped and tabs become spaces first, so its colours do not
+    show as `\\e[32m`; whatever control characters remain are escaped the same.
+    """
+    if program_output:
+        text = _ANSI.sub("", text).replace("\t", " " * TAB_WIDTH)
     return _CONTROL.sub(_escape_one, text)
 
 
