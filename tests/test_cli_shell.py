@@ -57,7 +57,8 @@ def test_help_lists_exit_codes_and_commands_carry_examples() -> None:
     assert "Exit codes:" in invoke("--help").stdout
     for command in ("emit", "tail"):
         out = invoke(command, "--help").stdout
-        assert "Example" in out and f"norn {command}" in out
+        # Not merely "norn COMMAND" anywhere: the usage line always says that.
+        assert re.search(rf"^  Examples:\n    norn {command} ", out, re.MULTILINE), out
 
 
 @pytest.mark.parametrize(
@@ -96,6 +97,7 @@ def test_norn_url_from_the_environment(thread_hub: ThreadHub) -> None:
     """NORN_URL stands in for --url."""
     result = invoke("emit", "a.b", "--app", "x", NORN_URL=thread_hub.url)
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == thread_hub.server.broker.last_id  # type: ignore[union-attr]
 
 
 def test_cafile_must_exist() -> None:
