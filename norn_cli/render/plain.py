@@ -24,7 +24,7 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
 # cursor moves), OSC (titles, links), and ESC with a final byte, after any
 # intermediates (ESC c, ESC 7, ESC ( B).
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
-TAB_WIDTH = 4  # spaces for a tab in program output
+_TAB_WIDTH = 4  # spaces for a tab in program output
 
 
 def _escape_one(m: re.Match[str]) -> str:
@@ -46,7 +46,7 @@ def escape_control(text: str, *, program_output: bool = False) -> str:
     show as `\\e[32m`; whatever control characters remain are escaped the same.
     """
     if program_output:
-        text = _ANSI.sub("", text).replace("\t", " " * TAB_WIDTH)
+        text = _ANSI.sub("", text).replace("\t", " " * _TAB_WIDTH)
     return _CONTROL.sub(_escape_one, text)
 
 
