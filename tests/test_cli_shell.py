@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,8 @@ from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.events import loads
 
 
-def invoke(*args: str, input: str | bytes | None = None, **env: str) -> Result:
-    """Run `norn ARGS` in-process with a clean NORN_* environment."""
+def invoke(*args: str, input: str | bytes | None = None, **env: str | None) -> Result:
+    """Run `norn ARGS` in-process with a clean NORN_* environment (None unsets a variable)."""
     clean = {"NORN_URL": None, "NORN_TOKEN": None, "NO_COLOR": None}
     runner = CliRunner()
     return runner.invoke(norn, list(args), input=input, env={**clean, **env}, catch_exceptions=False)
@@ -56,7 +57,8 @@ def test_help_lists_exit_codes_and_commands_carry_examples() -> None:
     assert "Exit codes:" in invoke("--help").stdout
     for command in ("emit", "tail"):
         out = invoke(command, "--help").stdout
-        assert "Example" in out and f"norn {command}" in out
+        # Not merely "norn COMMAND" anywhere: the usage line always says that.
+        assert re.search(rf"^  Examples:\n    norn {command} ", out, re.MULTILINE), out
 
 
 @pytest.mark.parametrize(
@@ -95,6 +97,7 @@ def test_norn_url_from_the_environment(thread_hub: ThreadHub) -> None:
     """NORN_URL stands in for --url."""
     result = invoke("emit", "a.b", "--app", "x", NORN_URL=thread_hub.url)
     assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == thread_hub.server.broker.last_id  # type: ignore[union-attr]
 
 
 def test_cafile_must_exist() -> None:
@@ -104,11 +107,46 @@ def test_cafile_must_exist() -> None:
     assert "'/nonexistent/ca.pem' does not exist" in result.stderr
 
 
-@pytest.mark.parametrize("value", ["1", "yes", "anything"])
-def test_no_color_accepts_any_non_empty_value(thread_hub: ThreadHub, value: str) -> None:
-    """NO_COLOR is honoured with any non-empty value, not only Click's booleans."""
-    result = invoke("--url", thread_hub.url, "emit", "a.b", "--app", "x", NO_COLOR=value)
+# `norn tail` of one deploy.step in a colour terminal, the clock masked: the type blue, the status yellow.
+COLOURED = (
+    "\x1b[2mHH:MM:SS.mmm\x1b[0m \x1b[1mmail-agent    \x1b[0m \x1b[34mdeploy.step       \x1b[0m "
+    "\x1b[1mbuild\x1b[0m \x1b[33mrunning\x1b[0m\n"
+)
+# ...and without colour: bold and dim are not colours, so they stay (no-color.org).
+UNCOLOURED = "\x1b[2mHH:MM:SS.mmm\x1b[0m \x1b[1mmail-agent    \x1b[0m deploy.step        \x1b[1mbuild\x1b[0m running\n"
+
+
+@pytest.fixture
+def step_hub(thread_hub: ThreadHub) -> str:
+    """The URL of a hub holding one deploy.step."""
+    result = invoke("--url", thread_hub.url, "emit", "deploy.step", "--app", "mail-agent", "-p", "step=build", "-p", "status=running")
     assert result.exit_code == 0, result.output
+    return thread_hub.url
+
+
+def tail_in_a_terminal(url: str, *options: str, **env: str | None) -> str:
+    """`norn [OPTIONS] tail --last 1` with stdout taken for a colour terminal (FORCE_COLOR, as rich reads it)."""
+    terminal = {"FORCE_COLOR": "1", "TERM": "xterm", "COLORTERM": None, "TTY_COMPATIBLE": None}
+    result = invoke("--url", url, *options, "tail", "--last", "1", "--count", "1", **terminal, **env)
+    assert result.exit_code == 0, result.output
+    return re.sub(r"^\x1b\[2m\d\d:\d\d:\d\d\.\d{3}", "\x1b[2mHH:MM:SS.mmm", result.stdout)
+
+
+def test_tail_colours_a_terminal(step_hub: str) -> None:
+    """In a terminal, tail colours the type and the status; an empty NO_COLOR is no request."""
+    assert tail_in_a_terminal(step_hub) == COLOURED
+    assert tail_in_a_terminal(step_hub, NO_COLOR="") == COLOURED
+
+
+@pytest.mark.parametrize("value", ["1", "0", "false", "anything"])
+def test_no_color_accepts_any_non_empty_value(step_hub: str, value: str) -> None:
+    """NO_COLOR with any non-empty value, not only Click's true booleans, takes the colours out of tail's output."""
+    assert tail_in_a_terminal(step_hub, NO_COLOR=value) == UNCOLOURED
+
+
+def test_no_color_flag(step_hub: str) -> None:
+    """--no-color takes the colours out of tail's output too."""
+    assert tail_in_a_terminal(step_hub, "--no-color") == UNCOLOURED
 
 
 def test_verbose_tells_what_it_did(thread_hub: ThreadHub) -> None:

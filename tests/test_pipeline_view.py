@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from test_render import BIDI, BIDI_SHOWN, C0, C0_SHOWN, C1, C1_SHOWN, SEQUENCES, SEQUENCES_SHOWN
 from test_run_state import T0, deployment, env
 
 from norn_cli.render.pipeline_view import (
@@ -16,12 +17,11 @@ from norn_cli.render.pipeline_view import (
     LinesView,
     LiveView,
     PipelineRenderer,
-    clean,
     fmt_clock,
-    fmt_duration,
     make_view,
 )
 from norn_cli.core.run_state import RunState
+from norn_cli.render.plain import escape_control
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLAN = [{"name": n, "status": "pending"} for n in ("build", "test", "push")]
@@ -170,18 +170,106 @@ def test_json_is_exactly_the_envelopes() -> None:
 
 
 def test_untrusted_text_is_not_interpreted() -> None:
-    """Markup stays literal; colour codes are dropped; other control characters are escaped."""
-    assert clean("\x1b[1;32mok\x1b[0m \x07bell\ttab") == "ok \\x07bell    tab"
+    """Markup stays literal; a step's colour codes are dropped; other control characters are escaped."""
+    assert escape_control("\x1b[1;32mok\x1b[0m \x07bell\ttab", program_output=True) == "ok \\x07bell    tab"
     out = io.StringIO()
     state = state_of([env("forge.step", {"step": "[bold]x[/bold]", "status": "running", "output": "[red]no[/red]"})])
     console(out, True).print(PipelineRenderer().render(state, now=T0))
     assert "[bold]x[/bold]" in out.getvalue() and "│ [red]no[/red]" in out.getvalue()
 
 
-@pytest.mark.parametrize(("ms", "text"), [(12, "12ms"), (1234, "1.2s"), (65_000, "1m05s")])
-def test_fmt_duration(ms: float, text: str) -> None:
-    """Durations read the way people say them."""
-    assert fmt_duration(ms) == text
+def test_plain_lines_escape_every_control_character() -> None:
+    """In a pipe, controls, bidi characters and sequences in every field and notice show as escapes."""
+    out, err = io.StringIO(), io.StringIO()
+    view = LinesView(console(out, False), console(err, False), clock=lambda: T0 + 4)
+    plan = [{"name": C0, "status": "pending"}]
+    for e in [
+        env("deploy.queued", deployment("queued", plan, ref=BIDI)),
+        env("deploy.step", {"step": C0, "status": C1, "runId": "r1", "output": f"\x1b[32mok\x1b[0m\tdone\u202e\x1b[2J\n{C1}"}, T0 + 1),
+        env("deploy.step", {"step": C0, "status": "failed", "runId": "r1", "error": SEQUENCES, "durationMs": 119_600}, T0 + 2),
+        env("deploy.failed", deployment("failed", plan, ref=BIDI, error=SEQUENCES, step=C0), T0 + 2),
+    ]:
+        view.apply(e)
+    view.notice(C0 + C1 + BIDI + SEQUENCES)
+    before_nel, after_nel = C1_SHOWN.split(r"\x85")  # NEL ends a line of output, as in a terminal
+    assert out.getvalue().splitlines() == [
+        f"deploy web @ {BIDI_SHOWN}  run r1: {C0_SHOWN}",
+        f"{C0_SHOWN}: {C1_SHOWN}",
+        f"{C0_SHOWN}: failed in 2m00s: {SEQUENCES_SHOWN}",
+        r"  | ok    done\u202e",  # a program's output: its colours and tabs go, the rest is escaped
+        f"  | {before_nel}",
+        f"  | {after_nel}",
+        f"deploy of web failed at {C0_SHOWN} after 2.0s: {SEQUENCES_SHOWN}",
+    ]
+    assert err.getvalue() == C0_SHOWN + C1_SHOWN + BIDI_SHOWN + SEQUENCES_SHOWN + "\n"
+
+
+def test_live_view_escapes_every_control_character() -> None:
+    """In a terminal, the only escape sequences on screen are the view's own colours."""
+    names = ["a\x1b[2Jb", "c\u202ed\n", "e\x9bf\t"]
+    plan = [{"name": n, "status": "pending"} for n in names]
+    output = "\x1b[1;32mPASSED\x1b[0m\ttest_a\u202e\x1b]0;pwned\x07\n\x00ok\x7f"
+    error = "\r\x1b[2Kboom\u2067"
+    state = state_of([
+        env("deploy.queued", deployment("queued", plan, ref="v\u2066\x07")),
+        env("deploy.step", {"step": names[0], "status": "done\x08", "runId": "r1", "durationMs": 999.6}, T0 + 1),
+        env("deploy.step", {"step": names[1], "status": "running", "runId": "r1", "output": output}, T0 + 2),
+    ])  # fmt: skip
+    running = io.StringIO()
+    console(running, True).print(PipelineRenderer().render(state, now=T0 + 3))
+    lines = plain(running.getvalue())
+    assert re.fullmatch(r"\S c\\u202ed\\n  0:01", lines[2])  # the spinner's frame, then the step's clock
+    assert lines[3:5] == [r"    │ PASSED    test_a\u202e", r"    │ \x00ok\x7f"]
+    for e in [
+        env("deploy.step", {"step": names[1], "status": "failed", "runId": "r1", "error": error, "durationMs": 59_950}, T0 + 3),
+        env("deploy.failed", deployment("failed", plan, ref="v\u2066\x07", error=error, step=names[1]), T0 + 3),
+    ]:
+        state.apply(e, now=T0 + 100)
+    out = io.StringIO()
+    screen = console(out, True)
+    renderer = PipelineRenderer()
+    screen.print(renderer.render(state, now=T0 + 4))
+    screen.print(renderer.outcome(state, now=T0 + 4))
+    assert plain(out.getvalue()) == [
+        r"deploy web @ v\u2066\x07  run r1",
+        r"✓ a\e[2Jb     1.0s",
+        r"✗ c\u202ed\n  1m00s",
+        r"· e\x9bf\t    pending",
+        "━" * 46 + "╸" + "━" * 23 + " 2/3  0:03",
+        "╭─────────────────────────────────────────────────╮",
+        r"│ ✗ deploy of web failed at c\u202ed\n after 3.0s │",
+        r"│   \r\e[2Kboom\u2067                             │",
+        r"│   │ PASSED    test_a\u202e                      │",
+        r"│   │ \x00ok\x7f                                  │",
+        "╰─────────────────────────────────────────────────╯",
+    ]
+    own_colours = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue() + running.getvalue())
+    assert {ch for ch in own_colours if escape_control(ch) != ch} == {"\n"}
+
+
+def test_durations_carry_across_units() -> None:
+    """Step and run durations use the one duration format: 119.6 s is 2m00s, 59.95 s is 1m00s, 999.6 ms is 1.0s."""
+    run = [
+        env("deploy.queued", deployment("queued", PLAN)),
+        env("deploy.step", {"step": "build", "status": "completed", "runId": "r1", "durationMs": 119_600}, T0 + 10),
+        env("deploy.step", {"step": "test", "status": "completed", "runId": "r1", "durationMs": 999.6}, T0 + 20),
+        env("deploy.step", {"step": "push", "status": "completed", "runId": "r1", "durationMs": "59.95s"}, T0 + 59.95),
+        env("deploy.completed", deployment("completed", PLAN), T0 + 59.95),
+    ]
+    out = io.StringIO()
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: T0 + 60)
+    for e in run:
+        view.apply(e)
+    assert out.getvalue().splitlines() == [
+        "deploy web @ abc  run r1: build, test, push",
+        "build: completed in 2m00s",
+        "test: completed in 1.0s",
+        "push: completed in 1m00s",
+        "deploy of web completed in 1m00s",
+    ]
+    screen = io.StringIO()
+    console(screen, True).print(PipelineRenderer().render(view.state, now=T0 + 60))
+    assert plain(screen.getvalue())[1:4] == ["✓ build  2m00s", "✓ test   1.0s", "✓ push   1m00s"]
 
 
 def test_fmt_clock() -> None:

@@ -460,6 +460,7 @@ async def test_shutdown_closes_every_client_with_1001() -> None:
         await closing
 
 
+@pytest.mark.slow
 async def test_a_thousand_subscribers_each_get_a_thousand_events() -> None:
     """1,000 concurrent subscribers each receive every one of 1,000 events, in order."""
     async with HubServer(port=0) as srv:

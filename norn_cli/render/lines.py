@@ -3,6 +3,7 @@ and the payload fields that matter."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from typing import Any
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from norn_cli.core.events import dumps
-from norn_cli.render.plain import escape_control, first_line
+from norn_cli.render.plain import escape_control, first_line, format_duration
 
 __all__ = ["EventLines", "PipeConsole", "event_line", "status_style", "type_style"]
 
@@ -67,16 +68,19 @@ def _clock(ts: Any, tz: tzinfo | None) -> str:
 
 
 def _duration(value: Any) -> str | None:
-    try:
-        ms = float(value)
-    except (TypeError, ValueError):
-        return None
-    if ms < 1000:
-        return f"{ms:.0f}ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f}s"
-    minutes, seconds = divmod(ms / 1000, 60)
-    return f"{int(minutes)}m{seconds:02.0f}s"
+    """A payload's durationMs or responseMs: a number (or numeric text) formatted, other text as given."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return format_duration(float(text))
+        except ValueError:  # like "about 3s": shown as published, as the pipeline view does
+            return escape_control(text) or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format_duration(float(value))
+        except OverflowError:  # an integer beyond any float
+            return format_duration(math.inf)
+    return None
 
 
 def _text(value: Any) -> str:
@@ -110,7 +114,7 @@ def _payload_parts(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
         parts.append((f"error: {escape_control(text)}", "red"))
     output = payload.get("output")
     if isinstance(output, str) and output.strip():
-        parts.append((escape_control(first_line(output)), "dim"))
+        parts.append((escape_control(first_line(output), program_output=True), "dim"))
     if not parts and payload:
         parts.append((_text(dict(payload)), "dim"))
     return parts

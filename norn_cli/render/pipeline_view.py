@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -24,15 +23,14 @@ from rich.text import Text
 
 from norn_cli.core.events import dumps
 from norn_cli.core.run_state import DONE, FAILED, PENDING, SKIPPED, RunState, StepState
+from norn_cli.render.plain import escape_control, format_duration
 
 __all__ = [
     "JsonView",
     "LinesView",
     "LiveView",
     "PipelineRenderer",
-    "clean",
     "fmt_clock",
-    "fmt_duration",
     "make_consoles",
     "make_view",
 ]
@@ -40,25 +38,6 @@ __all__ = [
 OUTPUT_LINES = 4  # output lines shown under a running step
 FAILURE_LINES = 10  # output lines of the failing step shown at the end
 GAP_NOTICE = "the hub no longer retains some events of this run; the view may be incomplete"
-
-_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def clean(text: str) -> str:
-    """Untrusted text made safe to print: colour codes dropped, other control characters escaped."""
-    text = _ANSI_RE.sub("", text).replace("\t", "    ")
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def fmt_duration(ms: float) -> str:
-    """350ms, 1.2s, 1m05s."""
-    if ms < 1000:
-        return f"{ms:.0f}ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f}s"
-    minutes, seconds = divmod(round(ms / 1000), 60)
-    return f"{minutes}m{seconds:02d}s"
 
 
 def fmt_clock(seconds: float) -> str:
@@ -70,8 +49,13 @@ def fmt_clock(seconds: float) -> str:
 
 def _step_duration(step: StepState) -> str:
     if step.duration_ms is not None:
-        return fmt_duration(step.duration_ms)
-    return clean(step.duration_text or "")
+        return format_duration(step.duration_ms)
+    return escape_control(step.duration_text or "")
+
+
+def _output(line: str) -> str:
+    """A line a step printed for a terminal: its colours and tabs go, other control characters are escaped."""
+    return escape_control(line, program_output=True)
 
 
 def _title(state: RunState) -> str:
@@ -81,7 +65,7 @@ def _title(state: RunState) -> str:
 
 def _total(state: RunState, now: float) -> str:
     elapsed = state.elapsed(now)
-    return fmt_duration(elapsed * 1000) if elapsed is not None else "?"
+    return format_duration(elapsed * 1000) if elapsed is not None else "?"
 
 
 class PipelineRenderer:
@@ -93,20 +77,20 @@ class PipelineRenderer:
 
     def header(self, state: RunState) -> Text:
         text = Text()
-        text.append(clean(state.kind or "run"), style="bold")
+        text.append(escape_control(state.kind or "run"), style="bold")
         text.append(" ")
-        text.append(clean(state.app or "?"), style="bold cyan")
+        text.append(escape_control(state.app or "?"), style="bold cyan")
         if state.ref:
-            text.append(f" @ {clean(state.ref)}")
+            text.append(f" @ {escape_control(state.ref)}")
         if state.image_tag and state.image_tag != state.ref:
-            text.append(f" (image {clean(state.image_tag)})")
+            text.append(f" (image {escape_control(state.image_tag)})")
         if state.run_id:
-            text.append(f"  run {clean(state.run_id)}", style="dim")
+            text.append(f"  run {escape_control(state.run_id)}", style="dim")
         return text
 
     def render(self, state: RunState, now: float) -> RenderableType:
         """The whole view at time `now` (epoch seconds, the hub's clock)."""
-        width = max((len(clean(name)) for name in state.steps), default=0)
+        width = max((len(escape_control(name)) for name in state.steps), default=0)
         lines: list[RenderableType] = [self.header(state)]
         for step in state.steps.values():
             lines.extend(self._step_lines(step, state, now, width))
@@ -117,11 +101,11 @@ class PipelineRenderer:
 
     def _step_lines(self, step: StepState, state: RunState, now: float, width: int) -> list[Text]:
         """One row per step, and the last output lines under a running one."""
-        name = clean(step.name).ljust(width)
+        name = escape_control(step.name).ljust(width)
         if step.phase == PENDING:
             return [Text(f"· {name}  pending", style="dim")]
         if step.phase == SKIPPED:
-            return [Text(f"- {name}  {clean(step.status)}", style="dim")]
+            return [Text(f"- {name}  {escape_control(step.status)}", style="dim")]
         row = Text(no_wrap=True, overflow="ellipsis")
         if step.phase == DONE:
             row.append("✓ ", style="green").append(name).append(f"  {_step_duration(step)}", style="green")
@@ -132,13 +116,13 @@ class PipelineRenderer:
         frame = self._spinner(step.name).render(now) if not state.done else Text("?", style="yellow")
         row.append_text(frame if isinstance(frame, Text) else Text(str(frame)))
         row.append(" ").append(name, style="bold")
-        info = "" if step.status.lower() == "running" else clean(step.status) + " "
+        info = "" if step.status.lower() == "running" else escape_control(step.status) + " "
         if step.started is not None:
             info += fmt_clock(max(0.0, now - step.started))
         row.append(f"  {info}", style="cyan")
         out = [row]
         for line in list(step.output)[-OUTPUT_LINES:]:
-            out.append(Text(f"    │ {clean(line)}", style="dim", no_wrap=True, overflow="ellipsis"))
+            out.append(Text(f"    │ {_output(line)}", style="dim", no_wrap=True, overflow="ellipsis"))
         return out
 
     def _spinner(self, name: str) -> Spinner:
@@ -164,19 +148,19 @@ class PipelineRenderer:
         if state.outcome is None:
             return None
         if state.ok:
-            lines = [Text(f"✓ {clean(_title(state))} completed in {_total(state, now)}", style="bold green")]
+            lines = [Text(f"✓ {escape_control(_title(state))} completed in {_total(state, now)}", style="bold green")]
             if state.restarted:
                 lines.append(Text("  the app was restarted", style="green"))
             return Panel(Group(*lines), border_style="green", expand=False)
-        where = f" at {clean(state.failed_step)}" if state.failed_step else ""
+        where = f" at {escape_control(state.failed_step)}" if state.failed_step else ""
         lines = [
-            Text(f"✗ {clean(_title(state))} failed{where} after {_total(state, now)}", style="bold red"),
-            Text(f"  {clean(state.error or 'failed')}", style="red"),
+            Text(f"✗ {escape_control(_title(state))} failed{where} after {_total(state, now)}", style="bold red"),
+            Text(f"  {escape_control(state.error or 'failed')}", style="red"),
         ]
         step = state.steps.get(state.failed_step or "")
         if step is not None:
             for line in list(step.output)[-FAILURE_LINES:]:
-                lines.append(Text(f"  │ {clean(line)}", style="dim", no_wrap=True, overflow="ellipsis"))
+                lines.append(Text(f"  │ {_output(line)}", style="dim", no_wrap=True, overflow="ellipsis"))
         return Panel(Group(*lines), border_style="red", expand=False)
 
 
@@ -211,7 +195,7 @@ class LiveView:
             self._live.update(self._frame(), refresh=True)
 
     def notice(self, text: str) -> None:
-        self.err.print(Text(clean(text), style="yellow"))
+        self.err.print(Text(escape_control(text), style="yellow"))
 
     def stop(self) -> None:
         live, self._live = self._live, None
@@ -244,7 +228,7 @@ class _AppendOnly:
         pass
 
     def notice(self, text: str) -> None:
-        self.err.print(Text(clean(text)), soft_wrap=True, highlight=False)
+        self.err.print(Text(escape_control(text)), soft_wrap=True, highlight=False)
 
     def detached(self, hint: str | None) -> None:
         if hint:
@@ -277,7 +261,7 @@ class LinesView(_AppendOnly):
             self._header = True
             header = PipelineRenderer().header(state).plain
             if str(env.get("type", "")).endswith(".queued"):  # the plan is known
-                header += ": " + (", ".join(clean(s) for s in state.steps) or "no steps")
+                header += ": " + (", ".join(escape_control(s) for s in state.steps) or "no steps")
             self._line(header)
         for step in state.steps.values():
             said = (step.phase, step.status)
@@ -291,25 +275,25 @@ class LinesView(_AppendOnly):
 
     @staticmethod
     def _describe(step: StepState) -> str:
-        text = f"{clean(step.name)}: {clean(step.status)}"
+        text = f"{escape_control(step.name)}: {escape_control(step.status)}"
         if step.phase in (DONE, FAILED) and (step.duration_ms is not None or step.duration_text):
             text += f" in {_step_duration(step)}"
         if step.phase == FAILED and step.error:
-            text += f": {clean(step.error)}"
+            text += f": {escape_control(step.error)}"
         return text
 
     def _end(self) -> None:
         state = self.state
         total = _total(state, self.clock())
         if state.ok:
-            self._line(f"{clean(_title(state))} completed in {total}")
+            self._line(f"{escape_control(_title(state))} completed in {total}")
             return
         step = state.steps.get(state.failed_step or "")
         if step is not None:
             for line in list(step.output)[-FAILURE_LINES:]:
-                self._line(f"  | {clean(line)}")
-        where = f" at {clean(state.failed_step)}" if state.failed_step else ""
-        self._line(f"{clean(_title(state))} failed{where} after {total}: {clean(state.error or 'failed')}")
+                self._line(f"  | {_output(line)}")
+        where = f" at {escape_control(state.failed_step)}" if state.failed_step else ""
+        self._line(f"{escape_control(_title(state))} failed{where} after {total}: {escape_control(state.error or 'failed')}")
 
 
 class JsonView(_AppendOnly):

@@ -1,7 +1,8 @@
-"""Plain text for event output without rich: control-character escaping and `--format` templates."""
+"""Plain text for output without rich: control-character escaping, durations and `--format` templates."""
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Mapping
@@ -9,13 +10,21 @@ from typing import Any
 
 from norn_cli.core.events import dumps
 
-__all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "first_line"]
+__all__ = ["ENVELOPE_FIELDS", "Template", "TemplateError", "escape_control", "first_line", "format_duration"]
 
 ENVELOPE_FIELDS = ("type", "appId", "payload", "id", "ts")
 
-# C0, DEL, C1, and the bidirectional overrides that can disguise a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 (newline and tab included), DEL, C1, the Unicode line and paragraph
+# separators, and every bidirectional control (the marks ALM, LRM, RLM; the
+# embeddings and overrides LRE..RLO; the isolates LRI..PDI), which can make a
+# line read differently from what it holds.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
+# The escape sequences programs print for a terminal (ECMA-48): CSI (colours,
+# cursor moves), OSC (titles, links), and ESC with a final byte, after any
+# intermediates (ESC c, ESC 7, ESC ( B).
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+_TAB_WIDTH = 4  # spaces for a tab in program output
 
 
 def _escape_one(m: re.Match[str]) -> str:
@@ -27,9 +36,49 @@ def _escape_one(m: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def escape_control(text: str) -> str:
-    """Untrusted text made safe for a terminal: control characters shown as escapes."""
+def escape_control(text: str, *, program_output: bool = False) -> str:
+    """Untrusted text made safe for a terminal: control characters shown as escapes.
+
+    A newline, a tab, ESC and U+202E become the visible `\\n`, `\\t`, `\\e` and
+    `\\u202e`; other C0 and C1 controls `\\xNN`. With `program_output` (a
+    step's output: what a build tool printed for a terminal), escape
+    sequences are dropped and tabs become spaces first, so its colours do not
+    show as `\\e[32m`; whatever control characters remain are escaped the same.
+    """
+    if program_output:
+        text = _ANSI.sub("", text).replace("\t", " " * _TAB_WIDTH)
     return _CONTROL.sub(_escape_one, text)
+
+
+def _half_up(x: float) -> int:
+    """x rounded to the nearest whole number, halves away from zero (x >= 0)."""
+    return math.floor(x + 0.5)
+
+
+def format_duration(ms: float) -> str:
+    """A duration in milliseconds as people say it: `350ms`, `1.2s`, `1m05s`, `1h02m`.
+
+    The unit is chosen after rounding, so a value that rounds up to the next
+    unit carries into it: 999.6 ms is `1.0s`, 59.95 s is `1m00s`, 119.6 s is
+    `2m00s`, 3599.5 s is `1h00m`; halves round up. A negative duration (a
+    clock that went back) keeps its sign, `-1.2s`, unless it rounds to `0ms`;
+    NaN and infinities, which are no duration, are `?`.
+    """
+    if not math.isfinite(ms):
+        return "?"
+    if ms < 0:
+        shown = format_duration(-ms)
+        return shown if shown == "0ms" else "-" + shown
+    if _half_up(ms) < 1000:
+        return f"{_half_up(ms)}ms"
+    tenths = _half_up(ms / 100)
+    if tenths < 600:
+        return f"{tenths // 10}.{tenths % 10}s"
+    seconds = _half_up(ms / 1000)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    minutes = _half_up(ms / 60_000)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def first_line(text: str) -> str:
