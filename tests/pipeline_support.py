@@ -17,8 +17,6 @@ from norn_cli.core.config import parse_config
 from norn_cli.hub.pipeline.runner import Runner, attach_runner
 from norn_cli.hub.server import HubServer
 
-TESTS = Path(__file__).resolve().parent
-
 Envelope = dict[str, Any]
 
 

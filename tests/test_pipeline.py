@@ -10,7 +10,8 @@ from conftest import TIMEOUT
 from pipeline_support import api, milestones, output_of, runner_on, subscribed, wait_dead
 
 from norn_cli.core.events import validate_event
-from norn_cli.hub.pipeline.runner import CANCELLED, OUTPUT_MAX_CHARS, _Tail
+from norn_cli.hub.pipeline.runner import CANCELLED
+from norn_cli.hub.pipeline.steps import OUTPUT_MAX_CHARS, OutputTail
 from norn_cli.hub.server import HubServer
 
 STEP_TIMEOUT = TIMEOUT / 10  # long enough for the step to start its grandchild, even on a slow machine
@@ -249,7 +250,7 @@ async def test_runinfo_finds_runs(hub: HubServer, workdir: Path) -> None:
 
 async def test_output_lines_are_cut_as_a_terminal_shows_them() -> None:
     """Lines split across reads, CRLF, progress bars redrawn with CR, UTF-8 split mid-character."""
-    tail = _Tail(max_chars=40)
+    tail = OutputTail(max_chars=40)
     for chunk in (b"one\r", b"\ntw", b"o\n10%\r50%", b"\r100%\n", "é".encode()[:1], "é\n".encode()[1:], b"last"):
         tail.feed(chunk)
     assert tail.take() == ["one", "two", "100%", "é"]

@@ -70,10 +70,6 @@ class Api:
     def count_op(self, op: str) -> None:
         self.op_counts[op] = self.op_counts.get(op, 0) + 1
 
-    async def handle(self, raw: bytes) -> dict[str, Any]:
-        """Answer one `/api` request; never raises."""
-        return (await self.handle_run(deque([raw])))[0]
-
     async def handle_run(self, requests: deque[bytes | Exception]) -> list[dict[str, Any]]:
         """Answer requests from the front of `requests`, in order; never raises.
 

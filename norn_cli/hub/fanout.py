@@ -1,4 +1,9 @@
-"""Fan-out: subscribers, their filters and bounded queues, and the writes; it knows sinks, not sockets."""
+"""Fan-out: subscribers, their filters and bounded queues, and the writes.
+
+Each subscriber is a `Sink` (its connection); big groups are written
+straight to their sockets' file descriptors from several threads
+(writer.py) when nothing is buffered in front of them.
+"""
 
 from __future__ import annotations
 

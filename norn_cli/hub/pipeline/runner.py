@@ -11,14 +11,12 @@ a rollback `deploy.rollback` when it starts.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import os
 import re
 import secrets
 import signal
 import subprocess
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from norn_cli.core.config import KINDS, App, Config, Step
 from norn_cli.core.errors import OperationFailed
 from norn_cli.core.events import Event, Filter, now_ts, validate_event
 from norn_cli.hub.pipeline.health import check_health
+from norn_cli.hub.pipeline.steps import OutputTail, StepProtocol, exit_error, killpg
 from norn_cli.hub.fanout import Hub
 
 __all__ = ["CANCELLED", "Runner", "attach_runner"]
@@ -39,8 +38,6 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 CANCELLED = "cancelled: the hub is shutting down"
 OUTPUT_INTERVAL = 0.25  # at most one output event per step this often
-OUTPUT_MAX_CHARS = 8192  # per output event; older lines are dropped, the tail kept
-LINE_MAX = 1000  # characters kept of one output line
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a step's process group
 DRAIN_GRACE = 0.5  # seconds to collect output after the step's shell exited
 HEALTH_HEARTBEAT = 10  # publish app.status at least every this many checks
@@ -314,11 +311,11 @@ class Runner:
         run.current = step.name
         await self._step_event(run, step.name, "running")
         started = loop.time()
-        tail = _Tail()
+        tail = OutputTail()
         error: str | None = CANCELLED
         try:
             transport, proto = await loop.subprocess_shell(
-                lambda: _StepProtocol(tail, loop), step.run, stdin=subprocess.DEVNULL,
+                lambda: StepProtocol(tail, loop), step.run, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=run.app.workdir,
                 env=self._env(run, step), start_new_session=True,
             )  # fmt: skip
@@ -340,7 +337,7 @@ class Runner:
         return error
 
     async def _supervise(
-        self, transport: asyncio.SubprocessTransport, proto: _StepProtocol, timeout: float | None
+        self, transport: asyncio.SubprocessTransport, proto: StepProtocol, timeout: float | None
     ) -> str | None:
         """Wait for the step's shell to exit, killing its process group on timeout."""
         done, _ = await asyncio.wait({proto.exited}, timeout=timeout)
@@ -349,16 +346,16 @@ class Runner:
             return f"timed out after {timeout:g}s"
         # Background processes the step left may hold the pipe: collect briefly, then let go.
         await asyncio.wait({proto.eof}, timeout=DRAIN_GRACE)
-        return _exit_error(transport.get_returncode())
+        return exit_error(transport.get_returncode())
 
-    async def _kill(self, transport: asyncio.SubprocessTransport, proto: _StepProtocol) -> None:
+    async def _kill(self, transport: asyncio.SubprocessTransport, proto: StepProtocol) -> None:
         """SIGTERM the step's whole process group, then SIGKILL whatever is left of it."""
         pgid = transport.get_pid()  # the shell leads its own session and group
-        _killpg(pgid, signal.SIGTERM)
+        killpg(pgid, signal.SIGTERM)
         await asyncio.wait({proto.exited}, timeout=self.kill_grace)
-        _killpg(pgid, signal.SIGKILL)
+        killpg(pgid, signal.SIGKILL)
 
-    async def _pump(self, run: _Run, step: str, tail: _Tail) -> None:
+    async def _pump(self, run: _Run, step: str, tail: OutputTail) -> None:
         """Publish the step's new output lines, at most once per `output_interval`."""
         while True:
             await tail.ready.wait()
@@ -425,83 +422,6 @@ class Runner:
             await asyncio.sleep(app.health_interval)
 
 
-class _StepProtocol(asyncio.SubprocessProtocol):
-    """A step's process: output into a tail buffer, and when the shell exits.
-
-    `exited` resolves when the shell itself exits, even while a background
-    process it started still holds the output pipe open (asyncio's own
-    `Process.wait()` would wait for the pipe too).
-    """
-
-    def __init__(self, tail: _Tail, loop: asyncio.AbstractEventLoop) -> None:
-        self.tail = tail
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.eof: asyncio.Future[None] = loop.create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        self.tail.feed(data if isinstance(data, bytes) else data.encode())
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1 and not self.eof.done():
-            self.eof.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-
-class _Tail:
-    """A step's output not yet published: whole lines, bounded, keeping the newest."""
-
-    def __init__(self, max_chars: int = OUTPUT_MAX_CHARS) -> None:
-        self.max_chars = max_chars
-        self.ready = asyncio.Event()
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._partial = ""
-        self._lines: deque[str] = deque()
-        self._chars = 0
-        self._skipped = 0
-
-    def feed(self, data: bytes) -> None:
-        *lines, partial = (self._partial + self._decoder.decode(data)).replace("\r\n", "\n").split("\n")
-        cut = partial.rfind("\r", 0, len(partial) - 1)  # a final \r may be half of \r\n
-        if cut >= 0:  # a progress bar redrawing its line: keep what a terminal shows
-            partial = partial[cut + 1 :]
-        if len(partial) > LINE_MAX:
-            lines.append(partial)
-            partial = ""
-        self._partial = partial
-        for line in lines:
-            self._push(line)
-
-    def _push(self, line: str) -> None:
-        if "\r" in line:
-            line = line.rstrip("\r").rsplit("\r", 1)[-1]
-        if len(line) > LINE_MAX:
-            line = line[:LINE_MAX] + "…"
-        self._lines.append(line)
-        self._chars += len(line) + 1
-        while self._chars > self.max_chars and len(self._lines) > 1:
-            self._chars -= len(self._lines.popleft()) + 1
-            self._skipped += 1
-        self.ready.set()
-
-    def take(self, *, final: bool = False) -> list[str]:
-        """The lines gathered since the last take (with the unfinished one when `final`)."""
-        if final:
-            rest = self._partial + self._decoder.decode(b"", final=True)
-            self._partial = ""
-            if rest:
-                self._push(rest)
-        lines = list(self._lines)
-        if self._skipped:
-            lines.insert(0, f"… {self._skipped} lines not shown")
-        self._lines.clear()
-        self._chars = self._skipped = 0
-        self.ready.clear()
-        return lines
-
-
 def _word(req: dict[str, Any], name: str, default: str | None) -> str | None:
     """A ref or tag from a request: a short word, safe to expand unquoted in a shell."""
     value = req.get(name)
@@ -512,23 +432,3 @@ def _word(req: dict[str, Any], name: str, default: str | None) -> str | None:
             f'"{name}" must be up to 200 letters, digits or . _ / @ : + -, got {value!r}', code="bad_request"
         )
     return value
-
-
-def _exit_error(rc: int | None) -> str | None:
-    if rc == 0:
-        return None
-    if rc is None:
-        return "ended without an exit status"
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
-
-
-def _killpg(pgid: int | None, sig: signal.Signals) -> None:
-    if pgid is None:
-        return
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
