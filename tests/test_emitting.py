@@ -1,4 +1,4 @@
-"""emitting: payloads from flags, NDJSON input and local validation, without a hub."""
+"""client/emit.py: payloads from flags, NDJSON input and local validation, without a hub."""
 
 from __future__ import annotations
 
