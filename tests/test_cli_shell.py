@@ -273,6 +273,7 @@ def test_emit_to_a_dead_hub_is_exit_3() -> None:
         (["tail", "--last", "-1"], "Invalid value for '--last'"),
         (["tail", "--count", "0"], "Invalid value for '--count'"),
         (["tail", "--timeout", "0"], "Invalid value for '--timeout'"),
+        (["tail", "--timeout", "10x"], "Invalid value for '--timeout': '10x' is not a duration: use seconds (30, 1.5) or units h, m, s, ms (10s, 2m, 1h30m, 250ms)"),
         (["tail", "--json", "--format", "{type}"], "--json and --format are alternatives"),
         (["tail", "--format", "{typo}"], "Invalid value for '--format': unknown field {typo}"),
     ],
@@ -309,3 +310,9 @@ def test_tail_format_and_filters(thread_hub: ThreadHub) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout == "b|deploy.step|ship||\n"
+
+
+def test_tail_timeout_takes_a_duration(thread_hub: ThreadHub) -> None:
+    """--timeout 250ms on a quiet hub gives up with exit 5, like --timeout 0.25."""
+    result = invoke("--url", thread_hub.url, "tail", "--timeout", "250ms")
+    assert result.exit_code == 5, result.output

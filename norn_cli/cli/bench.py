@@ -6,7 +6,7 @@ import os
 
 import click
 
-from norn_cli.cli.common import Settings, run
+from norn_cli.cli.common import Duration, Settings, run
 
 __all__ = ["bench"]
 
@@ -21,7 +21,7 @@ __all__ = ["bench"]
 @click.option("--stalled", type=click.IntRange(0), default=0, show_default=True, help="Extra subscribers that never read (the hub should close them, 1013).")
 @click.option("--window", type=click.IntRange(1), default=64, show_default=True, help="Unacknowledged requests per publisher.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Events per publish request.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Give up the measured phase after this many seconds.")
+@click.option("--timeout", type=Duration(), default="60s", show_default=True, metavar="DURATION", help="Give up the measured phase after DURATION (10s, 2m; bare number: seconds).")
 @click.option("--in-process", is_flag=True, help="Embed the hub in this process (competes with the load for the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line on stdout instead of the table.")
 @click.pass_context

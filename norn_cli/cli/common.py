@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # asyncio and friends load only when a command needs them
 
     from norn_cli.client.endpoint import Endpoint
 
-__all__ = ["Settings", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
+__all__ = ["Duration", "Settings", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
 
 T = TypeVar("T")
 
@@ -31,6 +31,31 @@ class Settings:
     cafile: str | None
     verbose: int
     no_color: bool
+
+
+class Duration(click.ParamType):
+    """A time span on the command line: `10s`, `2m`, `1h30m`, `250ms` or bare seconds; converts to float seconds.
+
+    `positive=True` (the default) refuses 0, for timeouts and intervals where 0 means nothing useful.
+    """
+
+    name = "duration"
+
+    def __init__(self, *, positive: bool = True) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from norn_cli.core.durations import parse_duration
+
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail(f"{value!r} is not a duration: expected more than 0", param, ctx)
+        return seconds
 
 
 def stderr(message: str) -> None:

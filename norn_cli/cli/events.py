@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from norn_cli.cli.common import Settings, hub_endpoint, json_line, notice, run
+from norn_cli.cli.common import Duration, Settings, hub_endpoint, json_line, notice, run
 from norn_cli.core.errors import NornError
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def emit(
 @click.option("--count", type=click.IntRange(1), metavar="N", help="Exit 0 after N events.")
 @click.option("--until", metavar="TYPE", help="Exit 0 at the first event of TYPE (a glob); for X.completed, exit 1 if X.failed comes first.")
 @click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
-    help="Give up after SECONDS with exit 5 unless --count/--until was met (without them: unless any event arrived).",
+    "--timeout", type=Duration(), metavar="DURATION",
+    help="Give up after DURATION (10s, 2m, 1h30m; bare number: seconds) with exit 5 unless --count/--until was met (without them: unless any event arrived).",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="NDJSON: each envelope exactly as received, one per line.")
 @click.option("--format", "template", metavar="TEMPLATE", help="One line per event from a template: '{ts} {appId} {type} {payload[step]}'.")
@@ -146,7 +146,7 @@ def tail(
     \b
     Examples:
       norn tail --app mail-agent --type 'deploy.*'
-      norn tail --app mail-agent --until deploy.completed --timeout 600
+      norn tail --app mail-agent --until deploy.completed --timeout 10m
       norn tail --json --last 100 | jq -r .type
       norn tail --format '{ts} {appId} {type} {payload[step]}'
     """
