@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from norn_cli.cli.common import Duration, Settings, hub_endpoint, json_line, notice, run
+from norn_cli.cli.common import Duration, NornCommand, Settings, hub_endpoint, json_line, notice, peek_url, run, with_global_options
 from norn_cli.core.errors import NornError
 
 if TYPE_CHECKING:
@@ -22,12 +22,12 @@ def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) 
     from norn_cli.client.endpoint import Endpoint
     from norn_cli.client.tail import recent_apps
 
-    root = ctx.find_root().params
+    url, cafile = peek_url(ctx)
     try:
-        endpoint = Endpoint.parse(root.get("url") or "ws://localhost:8800")
+        endpoint = Endpoint.parse(url)
     except NornError:
         return []
-    apps = run(recent_apps(endpoint, cafile=root.get("cafile")))
+    apps = run(recent_apps(endpoint, cafile=cafile))
     return [app for app in apps if app.startswith(incomplete)]
 
 
@@ -42,7 +42,11 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-@click.command()
+@with_global_options()
+@click.command(cls=NornCommand, exit_codes={
+    0: "published (the id is on stdout)", 1: "the hub refused the event", 2: "usage error or an event the catalogue refuses",
+    3: "", 4: "",
+})  # fmt: skip
 @click.argument("event_type", metavar="[TYPE]", required=False)
 @click.option("--app", metavar="APP", shell_complete=_complete_apps, help="The app the event is about (its appId); with --file, the default for lines without one.")
 @click.option("--data", metavar="JSON", help="The payload, a JSON object.")
@@ -108,7 +112,12 @@ def emit(
         notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
 
 
-@click.command()
+@with_global_options()
+@click.command(cls=NornCommand, exit_codes={
+    0: "--count or --until was met, or stdout was closed", 1: "--until X.completed: X.failed came first",
+    2: "", 3: "the hub is unreachable (or, with --no-reconnect, the connection was lost)", 4: "",
+    5: "--timeout passed first", 130: "",
+})  # fmt: skip
 @click.option("--app", "apps", multiple=True, metavar="APP", shell_complete=_complete_apps, help="Only this app's events (repeatable: any of them).")
 @click.option("--type", "types", multiple=True, metavar="PATTERN", help="Only these types, '*' a wildcard, e.g. 'deploy.*' (repeatable).")
 @click.option("--since", metavar="ID", callback=_check_since, help="First replay the retained events after this id.")

@@ -7,13 +7,17 @@ from typing import Any, NoReturn
 
 import click
 
-from norn_cli.cli.common import Settings, hub_endpoint, run, stderr
+from norn_cli.cli.common import NornCommand, Settings, hub_endpoint, run, stderr, with_global_options
 from norn_cli.core.kinds import RUN_KINDS, Kind
 from norn_cli.core.errors import ExitCode
 
 __all__ = ["RUN_COMMANDS", "demo", "watch"]
 
 _JSON_HELP = "The run's events as NDJSON on stdout, nothing else."
+_RUN_EXIT_CODES = {
+    0: "the run completed", 1: "a step failed (or the hub refused the run)", 2: "", 3: "", 4: "",
+    130: "interrupted (the run goes on in the hub; re-attach with norn watch RUN_ID)",
+}  # fmt: skip
 
 
 def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool, *,
@@ -53,16 +57,17 @@ def run_command(kind: Kind) -> click.Command:
         click.Option(["--attach"], is_flag=True, help="Watch the app's latest run of this kind instead of starting one."),
         click.Option(["--json", "as_json"], is_flag=True, help=_JSON_HELP),
     ]
-    return click.Command(
-        kind.name, callback=callback, params=params,
+    return with_global_options()(NornCommand(
+        kind.name, callback=callback, params=params, exit_codes=_RUN_EXIT_CODES,
         help=f"{kind.summary}\n\n\b\nExample:\n  norn {kind.name} {kind.example}",
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 RUN_COMMANDS = [run_command(kind) for kind in RUN_KINDS]
 
 
-@click.command()
+@with_global_options()
+@click.command(cls=NornCommand, exit_codes=_RUN_EXIT_CODES)
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_obj
@@ -76,7 +81,8 @@ def watch(settings: Settings, run_id: str, as_json: bool) -> None:
     _show_run(settings, None, as_json, run_id=run_id)
 
 
-@click.command()
+@with_global_options("verbose", "no_color")
+@click.command(cls=NornCommand, exit_codes={0: "the demo ran as planned", 1: "it did not (a bug: please report it)", 130: ""})
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_obj
 def demo(settings: Settings, as_json: bool) -> None:
