@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from norn_cli.cli.common import Duration, NornCommand, Settings, hub_endpoint, json_line, notice, peek_url, run, with_global_options
-from norn_cli.core.errors import NornError
+from norn_cli.cli.common import Duration, NornCommand, Settings, fail, hub_endpoint, json_line, notice, peek_url, run, with_global_options
+from norn_cli.core.errors import ExitCode, NornError
 
 if TYPE_CHECKING:
     from norn_cli.client.connect import Frame
@@ -56,6 +56,7 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
 )  # fmt: skip
 @click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event).")
+@click.option("--force", is_flag=True, help="Publish TYPE even when it looks like a typo of a catalogue type (deploy.complete).")
 @click.pass_obj
 def emit(
     settings: Settings,
@@ -65,12 +66,16 @@ def emit(
     pairs: tuple[str, ...],
     file: str | None,
     as_json: bool,
+    force: bool,
 ) -> None:
     """Publish an event (or many, from NDJSON) and print the id the hub assigned.
 
     Everything is checked against the hub's rules before anything is sent:
     a file or stdin is read to its end and checked whole, then published
-    over one connection, batched and pipelined.
+    over one connection, batched and pipelined. A catalogue type (deploy.*,
+    forge.*, teardown.*, app.*) must carry its fields: every missing one is
+    named at once, with a command that works. A type one or two letters away
+    from a catalogue type is refused as a typo unless --force is given.
 
     \b
     Examples:
@@ -89,6 +94,7 @@ def emit(
     out = sys.stdout
     if file is None:
         assert event_type is not None and app is not None
+        _check_event(event_type, app, data, pairs, force)
         reply = run(emitting.emit_from_flags(
             endpoint, event_type, app, data=data, pairs=pairs, token=settings.token, cafile=settings.cafile
         ))  # fmt: skip
@@ -110,6 +116,39 @@ def emit(
     out.flush()
     if settings.verbose:
         notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
+
+
+def _check_event(event_type: str, app: str, data: str | None, pairs: tuple[str, ...], force: bool) -> None:
+    """Refuse a likely typo of a catalogue type, and a payload that lacks fields, with a command that works."""
+    import shlex
+
+    from norn_cli.client.emit import build_event, build_payload
+    from norn_cli.core.events import PayloadError, example_payload, loads, suggest_type
+
+    code = int(ExitCode.USAGE)
+    suggestion = None if force else suggest_type(event_type)
+    if suggestion is not None:
+        fail(f"{event_type!r} is not a catalogue type: did you mean {suggestion}? (--force publishes {event_type} as it is)", code)
+    try:
+        payload = build_payload(data, pairs)
+        build_event(event_type, app, payload)
+    except PayloadError as exc:
+        words = ["norn", "emit", event_type, "--app", app]
+        for key, value in example_payload(event_type, payload).items():
+            words += ["-p", f"{key}={_pair_value(value, loads)}"]
+        fail(f"{exc.message}\n  for example: {shlex.join(words)}", code)
+    except NornError as exc:
+        fail(exc.message, int(exc.exit_code))
+
+
+def _pair_value(value: Any, loads: Callable[[str], Any]) -> str:
+    """VALUE of `-p KEY=VALUE` that reads back as `value` (-p parses VALUE as JSON when it can)."""
+    if isinstance(value, str):
+        try:
+            loads(value)
+        except ValueError:
+            return value
+    return json_line(value)
 
 
 @with_global_options()
