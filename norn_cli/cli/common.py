@@ -219,9 +219,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """The one bridge from sync to async: errors to exit codes, Ctrl-C to 130,
-    a closed stdout pipe to a quiet exit."""
+def run(coro: Coroutine[Any, Any, T], *, interrupted: str | None = "norn: interrupted") -> T:
+    """The one bridge from sync to async: errors to exit codes, Ctrl-C to 130 (saying `interrupted`
+    unless the command already told the user what happened), a closed stdout pipe to a quiet exit."""
     import asyncio
 
     try:
@@ -230,7 +230,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except NornError as exc:
         fail(exc.message, int(exc.exit_code))
     except KeyboardInterrupt:
-        stderr("norn: interrupted")
+        if interrupted:
+            stderr(interrupted)
         sys.exit(int(ExitCode.INTERRUPTED))
     except BrokenPipeError:
         # `norn tail --json | head -1`: the reader left; end quietly.
