@@ -219,14 +219,57 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(coro: Coroutine[Any, Any, T], *, interrupted: str | None = "norn: interrupted") -> T:
+async def _until_stdout_closes(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro`, but end it at once (BrokenPipeError) when the reader of a stdout pipe goes away.
+
+    A pipe's write end polled for reading reports only the hang-up of its reader
+    (EPOLLERR), so a stream notices `| head -1` without waiting to write its next event.
+    """
+    import asyncio
+    import stat
+
+    task = asyncio.ensure_future(coro)
+    try:
+        fd = sys.stdout.fileno()
+        piped = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, ValueError):
+        piped = False
+    if not piped:
+        return await task
+    loop = asyncio.get_running_loop()
+    hung: list[bool] = []
+
+    def on_hangup() -> None:
+        hung.append(True)
+        loop.remove_reader(fd)
+        task.cancel()
+
+    try:
+        blocking = os.get_blocking(fd)
+        loop.add_reader(fd, on_hangup)
+        os.set_blocking(fd, blocking)  # uvloop makes a polled fd non-blocking; our writes expect it as it was
+    except (OSError, ValueError, NotImplementedError):
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if hung:
+            raise BrokenPipeError from None
+        raise
+    finally:
+        if not hung:
+            loop.remove_reader(fd)
+
+
+def run(coro: Coroutine[Any, Any, T], *, interrupted: str | None = "norn: interrupted", stream: bool = False) -> T:
     """The one bridge from sync to async: errors to exit codes, Ctrl-C to 130 (saying `interrupted`
-    unless the command already told the user what happened), a closed stdout pipe to a quiet exit."""
+    unless the command already told the user what happened), a closed stdout pipe to a quiet exit;
+    `stream=True` (tail, watch, deploy) notices that pipe closing at once, not at the next write."""
     import asyncio
 
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            return runner.run(coro)
+            return runner.run(_until_stdout_closes(coro) if stream else coro)
     except NornError as exc:
         fail(exc.message, int(exc.exit_code))
     except KeyboardInterrupt:

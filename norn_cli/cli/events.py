@@ -209,7 +209,7 @@ def tail(
         endpoint, on_frame, apps=apps, types=types, since=since, last=last,
         stop=tailing.Stop(count=count, until=until, timeout=timeout), reconnect=not no_reconnect,
         cafile=settings.cafile, hub_frames=as_json, on_gap=_warn_gap, on_notice=notice, on_connect=on_connect,
-    ))  # fmt: skip
+    ), stream=True)  # fmt: skip
 
 
 def _warn_gap(since: str, oldest: str) -> None:

@@ -42,10 +42,10 @@ def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool,
     if request is None:
         assert run_id is not None
         # Ctrl-C: the view says how to re-attach; no second "interrupted" line after it.
-        state = run(watching.watch(hub, run_id, view, token=token, cafile=cafile), interrupted=None)
+        state = run(watching.watch(hub, run_id, view, token=token, cafile=cafile), interrupted=None, stream=True)
     else:
         request = {k: v for k, v in request.items() if v is not None}
-        state = run(watching.follow(hub, request, view, attach=attach, token=token, cafile=cafile), interrupted=None)
+        state = run(watching.follow(hub, request, view, attach=attach, token=token, cafile=cafile), interrupted=None, stream=True)
     sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
 
 
