@@ -208,13 +208,20 @@ def tail(
     run(tailing.tail(
         endpoint, on_frame, apps=apps, types=types, since=since, last=last,
         stop=tailing.Stop(count=count, until=until, timeout=timeout), reconnect=not no_reconnect,
-        cafile=settings.cafile, hub_frames=as_json, on_gap=_warn_gap, on_notice=notice, on_connect=on_connect,
+        cafile=settings.cafile, hub_frames=as_json, on_gap=lambda since, oldest: _warn_gap(str(endpoint), since, oldest),
+        on_notice=notice, on_connect=on_connect,
     ), stream=True)  # fmt: skip
 
 
-def _warn_gap(since: str, oldest: str) -> None:
-    where = f"its history now starts at {oldest}" if oldest else "it retains nothing older"
-    notice(f"warning: events after {since} may be missing; {where}")
+def _warn_gap(hub: str, since: str, oldest: str) -> None:
+    """Name the hub and the range that may be missing."""
+    if oldest:
+        notice(f"warning: events after {since} and before {oldest} may be missing: the hub at {hub} no longer has them")
+    else:
+        notice(
+            f"warning: events after {since} may be missing: the hub at {hub} has nothing from before it reconnected us "
+            "(it restarted or trimmed its history)"
+        )
 
 
 def _frame_writer(settings: Settings, as_json: bool, template: str | None) -> Callable[[Frame], None]:

@@ -19,7 +19,19 @@ _EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
 )
 
 
+class _Group(click.Group):
+    """The top-level list shows each command's whole first sentence, never cut with '...'."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]  # fmt: skip
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=_EXIT_CODES_HELP,
 )
