@@ -19,11 +19,12 @@ workdir = "services/mail-agent"
 env = { IMAGE = "mail-agent", PORT = 8080 }
 health = "http://127.0.0.1:8080/healthz"
 health_interval = 10
+health_timeout = "1.5s"
 
 [[apps.mail-agent.deploy]]
 name = "build"
 run = "docker build -t $IMAGE:$NORN_REF ."
-timeout = 600
+timeout = "10m"
 
 [[apps.mail-agent.deploy]]
 name = "test"
@@ -42,7 +43,7 @@ def test_good_config(tmp_path: Path) -> None:
     assert app.workdir == tmp_path.resolve() / "services/mail-agent"
     assert app.env == {"IMAGE": "mail-agent", "PORT": "8080"}
     assert (app.health, app.health_interval, app.health_timeout, app.ref) == (
-        "http://127.0.0.1:8080/healthz", 10.0, 5.0, "HEAD",
+        "http://127.0.0.1:8080/healthz", 10.0, 1.5, "HEAD",
     )  # fmt: skip
     assert [(s.name, s.run, s.timeout) for s in app.steps("deploy")] == [
         ("build", "docker build -t $IMAGE:$NORN_REF .", 600.0),
@@ -57,14 +58,15 @@ def test_good_config(tmp_path: Path) -> None:
     ("text", "words"),
     [
         ("[apps.a]\n[[apps.a.deploy]]\nname = 'x'\n", "apps.a.deploy[0] has no 'run'"),
-        ("[apps.a]\nhealth_interval = 'often'\n", "apps.a.health_interval must be a positive number"),
+        ("[apps.a]\nhealth_interval = 'often'\n", "apps.a.health_interval must be a positive duration"),
         ("[apps.a]\nworkdir = 3\n", "apps.a.workdir must be a string, got an integer"),
         ("[apps.a]\nenv = { X = [1] }\n", "apps.a.env.X must be a string or a number"),
         ("[apps.a]\nhelth = 'http://x'\n", "apps.a.helth is not a known key"),
         ("[apps.a]\nhealth = 'ftp://x'\n", "apps.a.health must be an http:// or https:// URL"),
         ("[apps.a]\ndeploy = 'make'\n", "apps.a.deploy must be an array of steps"),
         ("[apps.a]\n[[apps.a.deploy]]\nname='x'\nrun='a'\n[[apps.a.deploy]]\nname='x'\nrun='b'\n", "apps.a.deploy[1].name"),
-        ("[apps.a]\n[[apps.a.deploy]]\nrun='a'\ntimeout=0\n", "apps.a.deploy[0].timeout must be a positive number"),
+        ("[apps.a]\n[[apps.a.deploy]]\nrun='a'\ntimeout=0\n", "apps.a.deploy[0].timeout must be a positive duration"),
+        ("[apps.a]\n[[apps.a.deploy]]\nrun='a'\ntimeout='10 minutes'\n", "apps.a.deploy[0].timeout must be a positive duration (\"10s\", \"2m\", \"1h30m\", or seconds), got '10 minutes'"),
         ("[apps.'a b']\n", "apps.a b is not a usable app name"),
         ("[apps.a]\nrun = \n", "not valid TOML"),
         ("apps = 3\n", "apps must be a table"),

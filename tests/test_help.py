@@ -49,3 +49,18 @@ def test_unknown_command_is_a_usage_error() -> None:
     result = CliRunner().invoke(norn, ["serv"])
     assert result.exit_code == 2
     assert "Error: No such command 'serv'." in result.output
+
+
+def test_top_level_list_does_not_truncate_summaries() -> None:
+    """`norn --help` shows each command's whole first sentence, with no '...'."""
+    out = CliRunner().invoke(norn, ["--help"], terminal_width=80).output
+    listing = out.split("Commands:\n", 1)[1]
+    assert "..." not in listing
+    assert " ".join(listing.split()).count("Measure a hub: publish rate, delivery rate, completeness, drops and latency.") == 1
+
+
+@pytest.mark.parametrize("name", commands())
+def test_every_command_lists_its_exit_codes(name: str) -> None:
+    """`norn CMD --help` ends with the exit codes that command can give."""
+    out = CliRunner().invoke(norn, [name, "--help"]).output
+    assert re.search(r"^Exit codes:\n  0 ", out, re.MULTILINE), out

@@ -59,11 +59,13 @@ def test_deploy_completes(hub_url: str) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"deploy web @ v2  run [0-9a-f]{12}: build, test", lines[0])
-    assert [re.sub(r" in \d+ms$", "", line) for line in lines[1:5]] == [
-        "build: running", "build: completed", "test: running", "test: completed",
+    assert [re.sub(r" in \d+ms$", "", line) for line in lines[1:7]] == [
+        "build: running", "build | building v2", "build: completed", "test: running", "test | testing", "test: completed",
     ]  # fmt: skip
-    assert re.fullmatch(r"deploy of web completed in \d+ms", lines[5]) and len(lines) == 6
+    assert re.fullmatch(r"deploy of web completed in \d+ms", lines[7]) and len(lines) == 8
     assert result.stderr == ""
+    quiet = norn("--url", hub_url, "deploy", "web", "v2", "--quiet")
+    assert quiet.returncode == 0 and " | " not in quiet.stdout
 
 
 def test_deploy_fails(hub_url: str) -> None:
@@ -71,9 +73,15 @@ def test_deploy_fails(hub_url: str) -> None:
     result = norn("--url", hub_url, "deploy", "broken")
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"build: failed in \d+ms: exit status 2", lines[2])
-    assert lines[3:5] == ["  | compiling", "  | error: missing semicolon"]
-    assert re.fullmatch(r"deploy of broken failed at build after \d+ms: exit status 2", lines[5])
+    run_id = lines[0].rsplit("run ", 1)[1].split(":")[0]
+    assert lines[2:4] == ["build | compiling", "build | error: missing semicolon"]
+    assert re.fullmatch(r"build: failed in \d+ms: exit status 2", lines[4])
+    assert lines[5:8] == ["last 2 output lines of build:", "  | compiling", "  | error: missing semicolon"]
+    assert re.fullmatch(r"deploy of broken failed at build after \d+ms: exit status 2", lines[8])
+    assert lines[9:] == [f"full output: norn watch {run_id} --json"]
+    one = norn("--url", hub_url, "deploy", "broken", "--lines", "1", "-q")
+    assert one.returncode == 1
+    assert one.stdout.splitlines()[3:5] == ["last 1 output line of build:", "  | error: missing semicolon"]
 
 
 def test_json_then_watch_replays_the_same(hub_url: str) -> None:
@@ -116,7 +124,7 @@ def test_ctrl_c_detaches_and_says_how_to_reattach(hub_url: str) -> None:
             pass
         proc.send_signal(signal.SIGINT)
         assert proc.wait(TIMEOUT) == 130
-        assert f"Re-attach with: norn watch {run_id}" in proc.stderr.read()
+        assert proc.stderr.read() == f"detached; the deploy goes on at the hub. Re-attach with: norn watch {run_id}\n"
     still = norn("--url", hub_url, "deploy", "slow")
     assert still.returncode == 1 and f"run {run_id}" in still.stderr  # the run went on
 

@@ -130,13 +130,58 @@ def test_plain_lines_when_not_a_terminal() -> None:
     assert out.getvalue() == (
         "deploy web @ abc  run r1: build, test, push\n"
         "build: running\n"
+        "build | step 1/4\n"
+        "build | step 4/4\n"
         "build: completed in 1.2s\n"
         "test: running\n"
+        "test | collected 12 items\n"
+        "test | test_a PASSED\n"
         "test: failed in 1.7s: exit status 1\n"
+        "last 2 output lines of test:\n"
         "  | collected 12 items\n"
         "  | test_a PASSED\n"
         "deploy of web failed at test after 3.0s: exit status 1\n"
+        "full output: norn watch r1 --json\n"
     )
+
+
+def test_quiet_hides_output_and_lines_limits_the_tail() -> None:
+    """--quiet: no `step | line` lines; --lines 1: only the last output line at the failure."""
+    out = io.StringIO()
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: T0 + 4, quiet=True, lines=1)
+    for e in STARTED + FAILED:
+        view.apply(e)
+    assert out.getvalue().splitlines()[-5:] == [
+        "test: failed in 1.7s: exit status 1",
+        "last 1 output line of test:",
+        "  | test_a PASSED",
+        "deploy of web failed at test after 3.0s: exit status 1",
+        "full output: norn watch r1 --json",
+    ]
+    assert not [line for line in out.getvalue().splitlines() if " | " in line and not line.startswith("  |")]
+
+
+def test_a_silent_step_gets_a_heartbeat() -> None:
+    """A running step silent for 30 s prints `NAME: still running, 30s`, then again every 30 s; output resets it."""
+    out = io.StringIO()
+    now = [T0]
+    view = LinesView(console(out, False), console(io.StringIO(), False), clock=lambda: now[0])
+    view.apply(env("deploy.step", {"step": "long", "status": "running", "runId": "r1"}, T0))
+    for t in (10, 29.9, 30, 45, 60):
+        now[0] = T0 + t
+        view.refresh()
+    now[0] = T0 + 70
+    view.apply(env("deploy.step", {"step": "long", "status": "running", "runId": "r1", "output": "tick"}, T0 + 70))
+    for t in (99, 100):
+        now[0] = T0 + t
+        view.refresh()
+    assert out.getvalue().splitlines()[1:] == [
+        "long: running",
+        "long: still running, 30s",
+        "long: still running, 1m00s",
+        "long | tick",
+        "long: still running, 1m40s",
+    ]
 
 
 def test_plain_lines_for_a_norn_style_run() -> None:
@@ -195,11 +240,16 @@ def test_plain_lines_escape_every_control_character() -> None:
     assert out.getvalue().splitlines() == [
         f"deploy web @ {BIDI_SHOWN}  run r1: {C0_SHOWN}",
         f"{C0_SHOWN}: {C1_SHOWN}",
+        rf"{C0_SHOWN} | ok    done\u202e",  # a program's output: its colours and tabs go, the rest is escaped
+        f"{C0_SHOWN} | {before_nel}",
+        f"{C0_SHOWN} | {after_nel}",
         f"{C0_SHOWN}: failed in 2m00s: {SEQUENCES_SHOWN}",
-        r"  | ok    done\u202e",  # a program's output: its colours and tabs go, the rest is escaped
+        f"last 3 output lines of {C0_SHOWN}:",
+        r"  | ok    done\u202e",
         f"  | {before_nel}",
         f"  | {after_nel}",
         f"deploy of web failed at {C0_SHOWN} after 2.0s: {SEQUENCES_SHOWN}",
+        "full output: norn watch r1 --json",
     ]
     assert err.getvalue() == C0_SHOWN + C1_SHOWN + BIDI_SHOWN + SEQUENCES_SHOWN + "\n"
 

@@ -274,7 +274,7 @@ async def test_batch_publish_is_all_or_nothing(hub: HubServer) -> None:
         bad = await request(api, {"op": "publish", "events": [event(n=0), event("deploy.step", n=1), event(n=2)]})
         good = await request(api, {"op": "publish", "events": [event(n=3), event(n=4)]})
         frames = await recv_n(sub, 2)
-    assert bad == {"ok": False, "error": {"code": "bad_request", "message": "events[1]: deploy.step payload needs field 'step'; nothing was published"}}
+    assert bad == {"ok": False, "error": {"code": "bad_request", "message": "events[1]: deploy.step payload needs fields 'step' and 'status'; nothing was published"}}
     assert good["ok"] is True and len(good["ids"]) == 2
     assert [f["id"] for f in frames] == good["ids"]
     assert [f["payload"]["n"] for f in frames] == [3, 4]
@@ -529,7 +529,7 @@ async def test_pipelined_publishes_are_ordered_in_one_broker_call() -> None:
     assert [sorted(r) for r in replies] == [["id", "ok"], ["ids", "ok"], ["error", "ok"], ["id", "ok"], sorted(srv.status()), ["id", "ok"], ["error", "ok"]]
     ids = [replies[0]["id"], *replies[1]["ids"], replies[3]["id"], replies[5]["id"]]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) and len(set(ids)) == 5
-    assert replies[2]["error"]["message"] == "deploy.step payload needs field 'step'"
+    assert replies[2]["error"]["message"] == "deploy.step payload needs fields 'step' and 'status'"
     assert replies[4]["published"] == 4  # status saw the publishes before it, not the one after
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, norn_argv, norn_env, run_norn
+from conftest import TIMEOUT, ThreadHub, norn_argv, norn_env, run_norn
 from websockets.asyncio.client import connect
 
 from norn_cli.hub.brokers.memory import MemoryBroker
@@ -312,7 +312,10 @@ async def test_gap_after_an_in_memory_restart_is_reported(procs: list[Norn]) -> 
     await t.stderr_until("lost the hub")
     async with HubServer(host="127.0.0.1", port=port) as hub2:
         warning = await t.stderr_until("warning")
-        assert warning == f"norn: warning: events after {first} may be missing; it retains nothing older"
+        assert warning == (
+            f"norn: warning: events after {first} may be missing: the hub at {hub1.url} has nothing from before it "
+            "reconnected us (it restarted or trimmed its history)"
+        )
         gap = loads(await t.line())
         assert gap == {"type": "hub.gap", "appId": "", "payload": {"since": first, "oldest": ""}}
         [after] = await publish(hub2.url, step("a", "two"))
@@ -426,7 +429,8 @@ async def test_cafile_trusts_a_private_ca_for_wss(tmp_path: Path, procs: list[No
 
     untrusted = await asyncio.to_thread(run_norn, "--url", url, "emit", "a.b", "--app", "x")
     assert untrusted.returncode == 3
-    assert untrusted.stderr.startswith(f"norn: TLS with the hub at {url} failed: CERTIFICATE_VERIFY_FAILED")
+    assert untrusted.stderr.startswith(f"norn: cannot verify the TLS certificate of the hub at {url} (")
+    assert untrusted.stderr.endswith("pass --cafile CA.pem\n")
     assert untrusted.stderr.count("\n") == 1
 
     t = await tail(procs, url, "--json", "--count", "1", options=["--cafile", str(ca)])
@@ -445,3 +449,19 @@ async def test_ctrl_c_is_exit_130(hub: HubServer, procs: list[Norn]) -> None:
     code, out, err = await t.finish()
     assert (code, out) == (130, "")
     assert err == "norn: interrupted\n"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tail_ends_when_its_reader_goes_even_on_a_quiet_hub(thread_hub: ThreadHub, loop: str) -> None:
+    """`norn tail --json --last 100 | head -1`: once the reader closes the pipe, tail exits 0 quietly,
+    without waiting for another event to write."""
+    for n in range(3):
+        assert run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "x", "-p", f"n={n}").returncode == 0
+    env = norn_env(**({"NORN_LOOP": "asyncio"} if loop == "asyncio" else {}))
+    with subprocess.Popen(norn_argv("--url", thread_hub.url, "tail", "--json", "--last", "100"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        assert b'"n":0' in proc.stdout.readline()
+        proc.stdout.close()  # like head -1 leaving
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stderr.read() == b""

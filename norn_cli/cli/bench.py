@@ -6,13 +6,15 @@ import os
 
 import click
 
-from norn_cli.cli.common import Settings, run
+from norn_cli.cli.common import Duration, NornCommand, Settings, run, with_global_options
 
 __all__ = ["bench"]
 
 
-@click.command()
-@click.option("--url", "bench_url", default=None, metavar="URL", help="Bench this running hub (default: start one in a subprocess).")
+@with_global_options("url", "token", "token_file", "verbose", "no_color", help={
+    "url": "Bench this running hub (default: start one in a subprocess) [not NORN_URL: only a typed --url benches a live hub].",
+})  # fmt: skip
+@click.command(cls=NornCommand, exit_codes={0: "measured", 1: "the measured phase failed", 2: "", 3: "", 5: "--timeout passed first"})
 @click.option("-s", "--subs", type=click.IntRange(0), default=10, show_default=True, help="Subscribers on /ws.")
 @click.option("-p", "--pubs", type=click.IntRange(1), default=1, show_default=True, help="Publishers on /api.")
 @click.option("-n", "--events", type=click.IntRange(1), default=10_000, show_default=True, help="Events to publish in all.")
@@ -21,13 +23,12 @@ __all__ = ["bench"]
 @click.option("--stalled", type=click.IntRange(0), default=0, show_default=True, help="Extra subscribers that never read (the hub should close them, 1013).")
 @click.option("--window", type=click.IntRange(1), default=64, show_default=True, help="Unacknowledged requests per publisher.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Events per publish request.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Give up the measured phase after this many seconds.")
+@click.option("--timeout", type=Duration(), default="60s", show_default=True, metavar="DURATION", help="Give up the measured phase after DURATION (10s, 2m; bare number: seconds).")
 @click.option("--in-process", is_flag=True, help="Embed the hub in this process (competes with the load for the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line on stdout instead of the table.")
 @click.pass_context
 def bench(
     ctx: click.Context,
-    bench_url: str | None,
     subs: int,
     pubs: int,
     events: int,
@@ -58,10 +59,7 @@ def bench(
     from norn_cli.render.bench import bench_progress, print_summary
 
     settings: Settings = ctx.obj
-    parent = ctx.parent
-    if bench_url is None and parent is not None:
-        if parent.get_parameter_source("url") is click.core.ParameterSource.COMMANDLINE:
-            bench_url = settings.url
+    bench_url = settings.url if settings.url_given else None
     cfg = BenchConfig(
         subs=subs, pubs=pubs, events=events, size=size, rate=rate, stalled=stalled,
         window=window, batch=batch, timeout=timeout,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from norn_cli.cli.common import Settings, hub_endpoint, json_line, notice, run
-from norn_cli.core.errors import NornError
+from norn_cli.cli.common import Duration, NornCommand, Settings, fail, hub_endpoint, json_line, notice, peek_url, run, with_global_options
+from norn_cli.core.errors import ExitCode, NornError
 
 if TYPE_CHECKING:
     from norn_cli.client.connect import Frame
@@ -22,12 +22,12 @@ def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) 
     from norn_cli.client.endpoint import Endpoint
     from norn_cli.client.tail import recent_apps
 
-    root = ctx.find_root().params
+    url, cafile = peek_url(ctx)
     try:
-        endpoint = Endpoint.parse(root.get("url") or "ws://localhost:8800")
+        endpoint = Endpoint.parse(url)
     except NornError:
         return []
-    apps = run(recent_apps(endpoint, cafile=root.get("cafile")))
+    apps = run(recent_apps(endpoint, cafile=cafile))
     return [app for app in apps if app.startswith(incomplete)]
 
 
@@ -42,7 +42,11 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-@click.command()
+@with_global_options()
+@click.command(cls=NornCommand, exit_codes={
+    0: "published (the id is on stdout)", 1: "the hub refused the event", 2: "usage error or an event the catalogue refuses",
+    3: "", 4: "",
+})  # fmt: skip
 @click.argument("event_type", metavar="[TYPE]", required=False)
 @click.option("--app", metavar="APP", shell_complete=_complete_apps, help="The app the event is about (its appId); with --file, the default for lines without one.")
 @click.option("--data", metavar="JSON", help="The payload, a JSON object.")
@@ -52,6 +56,7 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
 )  # fmt: skip
 @click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event).")
+@click.option("--force", is_flag=True, help="Publish TYPE even when it looks like a typo of a catalogue type (deploy.complete).")
 @click.pass_obj
 def emit(
     settings: Settings,
@@ -61,12 +66,16 @@ def emit(
     pairs: tuple[str, ...],
     file: str | None,
     as_json: bool,
+    force: bool,
 ) -> None:
     """Publish an event (or many, from NDJSON) and print the id the hub assigned.
 
     Everything is checked against the hub's rules before anything is sent:
     a file or stdin is read to its end and checked whole, then published
-    over one connection, batched and pipelined.
+    over one connection, batched and pipelined. A catalogue type (deploy.*,
+    forge.*, teardown.*, app.*) must carry its fields: every missing one is
+    named at once, with a command that works. A type one or two letters away
+    from a catalogue type is refused as a typo unless --force is given.
 
     \b
     Examples:
@@ -85,6 +94,7 @@ def emit(
     out = sys.stdout
     if file is None:
         assert event_type is not None and app is not None
+        _check_event(event_type, app, data, pairs, force)
         reply = run(emitting.emit_from_flags(
             endpoint, event_type, app, data=data, pairs=pairs, token=settings.token, cafile=settings.cafile
         ))  # fmt: skip
@@ -108,7 +118,45 @@ def emit(
         notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
 
 
-@click.command()
+def _check_event(event_type: str, app: str, data: str | None, pairs: tuple[str, ...], force: bool) -> None:
+    """Refuse a likely typo of a catalogue type, and a payload that lacks fields, with a command that works."""
+    import shlex
+
+    from norn_cli.client.emit import build_event, build_payload
+    from norn_cli.core.events import PayloadError, example_payload, loads, suggest_type
+
+    code = int(ExitCode.USAGE)
+    suggestion = None if force else suggest_type(event_type)
+    if suggestion is not None:
+        fail(f"{event_type!r} is not a catalogue type: did you mean {suggestion}? (--force publishes {event_type} as it is)", code)
+    try:
+        payload = build_payload(data, pairs)
+        build_event(event_type, app, payload)
+    except PayloadError as exc:
+        words = ["norn", "emit", event_type, "--app", app]
+        for key, value in example_payload(event_type, payload).items():
+            words += ["-p", f"{key}={_pair_value(value, loads)}"]
+        fail(f"{exc.message}\n  for example: {shlex.join(words)}", code)
+    except NornError as exc:
+        fail(exc.message, int(exc.exit_code))
+
+
+def _pair_value(value: Any, loads: Callable[[str], Any]) -> str:
+    """VALUE of `-p KEY=VALUE` that reads back as `value` (-p parses VALUE as JSON when it can)."""
+    if isinstance(value, str):
+        try:
+            loads(value)
+        except ValueError:
+            return value
+    return json_line(value)
+
+
+@with_global_options()
+@click.command(cls=NornCommand, exit_codes={
+    0: "--count or --until was met, or stdout was closed", 1: "--until X.completed: X.failed came first",
+    2: "", 3: "the hub is unreachable (or, with --no-reconnect, the connection was lost)", 4: "",
+    5: "--timeout passed first", 130: "",
+})  # fmt: skip
 @click.option("--app", "apps", multiple=True, metavar="APP", shell_complete=_complete_apps, help="Only this app's events (repeatable: any of them).")
 @click.option("--type", "types", multiple=True, metavar="PATTERN", help="Only these types, '*' a wildcard, e.g. 'deploy.*' (repeatable).")
 @click.option("--since", metavar="ID", callback=_check_since, help="First replay the retained events after this id.")
@@ -116,8 +164,8 @@ def emit(
 @click.option("--count", type=click.IntRange(1), metavar="N", help="Exit 0 after N events.")
 @click.option("--until", metavar="TYPE", help="Exit 0 at the first event of TYPE (a glob); for X.completed, exit 1 if X.failed comes first.")
 @click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
-    help="Give up after SECONDS with exit 5 unless --count/--until was met (without them: unless any event arrived).",
+    "--timeout", type=Duration(), metavar="DURATION",
+    help="Give up after DURATION (10s, 2m, 1h30m; bare number: seconds) with exit 5 unless --count/--until was met (without them: unless any event arrived).",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="NDJSON: each envelope exactly as received, one per line.")
 @click.option("--format", "template", metavar="TEMPLATE", help="One line per event from a template: '{ts} {appId} {type} {payload[step]}'.")
@@ -146,7 +194,7 @@ def tail(
     \b
     Examples:
       norn tail --app mail-agent --type 'deploy.*'
-      norn tail --app mail-agent --until deploy.completed --timeout 600
+      norn tail --app mail-agent --until deploy.completed --timeout 10m
       norn tail --json --last 100 | jq -r .type
       norn tail --format '{ts} {appId} {type} {payload[step]}'
     """
@@ -160,13 +208,20 @@ def tail(
     run(tailing.tail(
         endpoint, on_frame, apps=apps, types=types, since=since, last=last,
         stop=tailing.Stop(count=count, until=until, timeout=timeout), reconnect=not no_reconnect,
-        cafile=settings.cafile, hub_frames=as_json, on_gap=_warn_gap, on_notice=notice, on_connect=on_connect,
-    ))  # fmt: skip
+        cafile=settings.cafile, hub_frames=as_json, on_gap=lambda since, oldest: _warn_gap(str(endpoint), since, oldest),
+        on_notice=notice, on_connect=on_connect,
+    ), stream=True)  # fmt: skip
 
 
-def _warn_gap(since: str, oldest: str) -> None:
-    where = f"its history now starts at {oldest}" if oldest else "it retains nothing older"
-    notice(f"warning: events after {since} may be missing; {where}")
+def _warn_gap(hub: str, since: str, oldest: str) -> None:
+    """Name the hub and the range that may be missing."""
+    if oldest:
+        notice(f"warning: events after {since} and before {oldest} may be missing: the hub at {hub} no longer has them")
+    else:
+        notice(
+            f"warning: events after {since} may be missing: the hub at {hub} has nothing from before it reconnected us "
+            "(it restarted or trimmed its history)"
+        )
 
 
 def _frame_writer(settings: Settings, as_json: bool, template: str | None) -> Callable[[Frame], None]:

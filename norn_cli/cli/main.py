@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from norn_cli import __version__
 from norn_cli.cli.bench import bench
-from norn_cli.cli.common import Settings, setup_logging
+from norn_cli.cli.common import global_option_params
 from norn_cli.cli.events import emit, tail
 from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
 from norn_cli.cli.serve import serve
@@ -21,24 +19,24 @@ _EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
 )
 
 
+class _Group(click.Group):
+    """The top-level list shows each command's whole first sentence, never cut with '...'."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]  # fmt: skip
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=_EXIT_CODES_HELP,
 )
-@click.option(
-    "--url", envvar="NORN_URL", default="ws://localhost:8800", show_default=True, metavar="URL",
-    help="The hub: ws(s):// or http(s)://, with or without a path [env NORN_URL].",
-)  # fmt: skip
-@click.option("--token", envvar="NORN_TOKEN", default=None, help="Bearer token for /api [env NORN_TOKEN].")
-@click.option(
-    "--cafile", type=click.Path(exists=True, dir_okay=False), default=None,
-    help="CA bundle to trust for wss:// (a private CA).",
-)  # fmt: skip
-@click.option("-v", "--verbose", count=True, help="Log more to stderr (repeat for debug).")
-@click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set and not empty).")
 @click.version_option(__version__, "--version", prog_name="norn")
-@click.pass_context
-def norn(ctx: click.Context, url: str, token: str | None, cafile: str | None, verbose: int, no_color: bool) -> None:
+def norn() -> None:
     """A real-time event hub and its clients.
 
     \b
@@ -46,12 +44,10 @@ def norn(ctx: click.Context, url: str, token: str | None, cafile: str | None, ve
     norn tail --app mail-agent                  stream events
     norn emit deploy.step --app mail-agent -p step=build -p status=building
     """
-    setup_logging(verbose)
-    # NO_COLOR is any non-empty value (no-color.org), not a Click boolean.
-    no_color = no_color or bool(os.environ.get("NO_COLOR"))
-    ctx.obj = Settings(url=url, token=token or None, cafile=cafile, verbose=verbose, no_color=no_color)
+    # The global options are recorded by their callbacks; each command resolves them (see cli/common.py).
 
 
+norn.params[:0] = global_option_params()
 for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail):
     norn.add_command(command)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from norn_cli.cli.common import Settings, fail, run, stderr
+from norn_cli.cli.common import NornCommand, Settings, fail, run, stderr, with_global_options
 from norn_cli.core.errors import NornError
 
 __all__ = ["serve"]
@@ -41,7 +41,11 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-@click.command()
+@with_global_options("verbose", "no_color")
+@click.command(cls=NornCommand, exit_codes={
+    0: "stopped by Ctrl-C or SIGTERM, connections closed", 1: "could not start (address in use, bad TLS files)",
+    2: "bad option or norn.toml",
+})  # fmt: skip
 @click.option(
     "--config", "config_path", envvar="NORN_CONFIG", type=click.Path(dir_okay=False), default=None,
     is_eager=True, expose_value=False, callback=_load_config,

@@ -55,20 +55,65 @@ async def open_connection(
         status = exc.response.status_code
         body = bytes(exc.response.body or b"").decode(errors="replace").strip()
         detail = f": {body}" if body else ""
-        if status in (401, 403):
+        if status == 401 and token is None:
+            raise Unauthorized(f"the hub at {endpoint} needs a token: pass --token (or --token-file) or set NORN_TOKEN") from None
+        if status == 401:
+            raise Unauthorized(f"the hub at {endpoint} refused this token (HTTP 401); check --token / NORN_TOKEN") from None
+        if status == 403:
             raise Unauthorized(f"the hub at {endpoint} refused us (HTTP {status}){detail}") from None
         raise HubUnreachable(f"the hub at {endpoint} answered HTTP {status}{detail}") from None
     except InvalidURI as exc:
         raise ConfigError(f"bad hub URL {url!r}: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise HubUnreachable(
+            f"cannot verify the TLS certificate of the hub at {endpoint} ({exc.verify_message or exc.reason}); "
+            "if a private CA signed it, pass --cafile CA.pem"
+        ) from None
     except ssl.SSLError as exc:
+        if exc.reason in _NOT_TLS_REASONS:
+            raise HubUnreachable(f"cannot reach the hub at {endpoint}: this is not a TLS port, use ws://") from None
         raise HubUnreachable(f"TLS with the hub at {endpoint} failed: {exc.reason or exc}") from None
     except (OSError, TimeoutError, InvalidHandshake, EOFError) as exc:
+        if not isinstance(exc, TimeoutError) and not (isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
+            await _raise_if_scheme_is_wrong(endpoint)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
         if isinstance(exc, TimeoutError):
             reason = "timed out"
         elif isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
             reason = "connection refused"
         raise HubUnreachable(f"cannot reach the hub at {endpoint}: {reason}") from None
+
+
+# What OpenSSL says when the other end does not speak TLS (an HTTP server answering a ClientHello).
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNEXPECTED_EOF_WHILE_READING"})
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """Whether host:port completes a TLS handshake (certificate not checked: this only tells the scheme)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(2):
+            _reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    return True
+
+
+async def _raise_if_scheme_is_wrong(endpoint: Endpoint) -> None:
+    """A handshake that broke off: a TLS port spoken to with ws:// (or a plain one with wss://) says so."""
+    host, port = endpoint.host_port()
+    tls = await _speaks_tls(host, port)
+    if tls and not endpoint.secure:
+        raise HubUnreachable(f"cannot reach the hub at {endpoint}: this is a TLS port, use wss://")
+    if not tls and endpoint.secure:
+        raise HubUnreachable(f"cannot reach the hub at {endpoint}: this is not a TLS port, use ws://")
 
 
 def _raise_for_reply(reply: Any) -> dict[str, Any]:

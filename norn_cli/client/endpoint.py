@@ -44,6 +44,11 @@ class Endpoint:
     def secure(self) -> bool:
         return self.scheme == "wss"
 
+    def host_port(self) -> tuple[str, int]:
+        """Where to open a socket: the host and the port (default 443 for wss, 80 for ws)."""
+        parts = urlsplit(f"{self.scheme}://{self.netloc}")
+        return parts.hostname or "", parts.port or (443 if self.secure else 80)
+
     @property
     def base(self) -> str:
         return f"{self.scheme}://{self.netloc}{self.prefix}"

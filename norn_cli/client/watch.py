@@ -127,7 +127,8 @@ async def run_events(
 async def show_run(events: AsyncIterator[dict[str, Any]], view: RunView, *, detach_hint: str | None) -> RunState:
     """Feed the events to the view until the run ends; on Ctrl-C say how to re-attach."""
     view.start()
-    ticker = asyncio.create_task(_tick(view)) if view.live else None
+    every: float | None = getattr(view, "refresh_every", REFRESH if view.live else None)
+    ticker = asyncio.create_task(_tick(view, every)) if every else None
     try:
         async for env in events:
             view.apply(env)
@@ -144,9 +145,9 @@ async def show_run(events: AsyncIterator[dict[str, Any]], view: RunView, *, deta
     return view.state
 
 
-async def _tick(view: RunView) -> None:
+async def _tick(view: RunView, every: float) -> None:
     while True:
-        await asyncio.sleep(REFRESH)
+        await asyncio.sleep(every)
         view.refresh()
 
 

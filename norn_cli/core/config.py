@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from norn_cli.core.durations import parse_duration
 from norn_cli.core.errors import ConfigError
 from norn_cli.core.kinds import KINDS
 
@@ -206,9 +207,15 @@ def _positive(where: _Where, key: str, body: dict[str, Any], name: str, default:
     if name not in body:
         return default
     value = body[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise where.error(f"{key}.{name}", f"must be a positive number of seconds, got {value!r}")
-    return float(value)
+    try:
+        seconds = parse_duration(value) if isinstance(value, (str, int, float)) else -1.0
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise where.error(
+            f"{key}.{name}", f"must be a positive duration (\"10s\", \"2m\", \"1h30m\", or seconds), got {value!r}"
+        )
+    return seconds
 
 
 def _env(where: _Where, key: str, value: Any) -> dict[str, str]:

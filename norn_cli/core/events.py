@@ -11,6 +11,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from norn_cli.core.errors import EventError
+
+
+class PayloadError(EventError):
+    """A catalogue type's payload lacks fields or has ones of the wrong JSON type; names every problem at once."""
+
+    def __init__(self, etype: str, problems: list[str]) -> None:
+        super().__init__(_payload_message(etype, problems))
+        self.etype = etype
+        self.problems = problems
 from norn_cli.core.wire import text_frame
 
 _orjson: Any
@@ -22,6 +31,9 @@ except ImportError:  # pragma: no cover - exercised when the extra is absent
 __all__ = [
     "CATALOGUE",
     "Event",
+    "PayloadError",
+    "example_payload",
+    "suggest_type",
     "EventId",
     "Filter",
     "dumps",
@@ -167,6 +179,7 @@ _OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     "teardown.step": _STEP_OPTIONAL,
 }
 _DEPLOYMENT_TYPES = frozenset({"deploy.queued", "deploy.failed", "deploy.completed"})
+_CATALOGUE_PREFIXES = frozenset(t.split(".", 1)[0] for t in CATALOGUE)
 
 _JSON_NAMES = {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}
 
@@ -179,27 +192,83 @@ def _json_kind(value: Any) -> str:
     return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
+def _payload_message(etype: str, problems: list[str]) -> str:
+    """One problem: `T payload needs field 'x'`; several, joined: `T payload needs fields 'x' and 'y'; field 'z' must be ...`."""
+    return f"{etype} payload " + "; ".join(problems)
+
+
+def _want(kinds: tuple[type, ...]) -> str:
+    return " or ".join(dict.fromkeys(_JSON_NAMES[k] for k in kinds))
+
+
 def _check_payload(etype: str, payload: dict[str, Any]) -> None:
     required = CATALOGUE.get(etype)
     if required is None:
         return
+    problems: list[str] = []
+    missing = [name for name in required if name not in payload]
+    if missing:
+        names = ", ".join(repr(n) for n in missing[:-1]) + (" and " if len(missing) > 1 else "") + repr(missing[-1])
+        problems.append(f"needs field{'s' if len(missing) > 1 else ''} {names}")
     for name, kinds in required.items():
         if name not in payload:
-            raise EventError(f"{etype} payload needs field {name!r}")
+            continue
         value = payload[name]
         if isinstance(value, bool) or not isinstance(value, kinds):
-            want = " or ".join(dict.fromkeys(_JSON_NAMES[k] for k in kinds))
-            raise EventError(f"{etype} payload field {name!r} must be {want}, got {_json_kind(value)}")
+            problems.append(f"field {name!r} must be {_want(kinds)}, got {_json_kind(value)}")
     for name, kinds in _OPTIONAL.get(etype, {}).items():
         if name in payload and (isinstance(payload[name], bool) or not isinstance(payload[name], kinds)):
-            want = " or ".join(dict.fromkeys(_JSON_NAMES[k] for k in kinds))
-            raise EventError(
-                f"{etype} payload field {name!r} must be {want}, got {_json_kind(payload[name])}"
-            )
+            problems.append(f"field {name!r} must be {_want(kinds)}, got {_json_kind(payload[name])}")
     if etype in _DEPLOYMENT_TYPES and not any(
         isinstance(payload.get(k), str) for k in ("ref", "commitSha")
     ):
-        raise EventError(f"{etype} payload needs field 'ref' or 'commitSha' (a string)")
+        problems.append("needs field 'ref' or 'commitSha' (a string)")
+    if problems:
+        raise PayloadError(etype, problems)
+
+
+# Values that make a catalogue payload valid, for the example command in error messages.
+_EXAMPLE_VALUES: dict[str, Any] = {
+    "id": "d-1", "app": "mail-agent", "status": "running", "steps": [], "startedAt": "2025-01-01T12:00:00Z",
+    "step": "build", "error": "exit status 1", "imageTag": "v1.2.3", "appId": "mail-agent", "ref": "main",
+}  # fmt: skip
+_EXAMPLE_BY_KIND: dict[type, Any] = {str: "x", int: 0, float: 0, list: [], dict: {}}
+
+
+def example_payload(etype: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """`payload` with what a catalogue type needs filled in or corrected, so that it validates."""
+    out = dict(payload)
+    for name, kinds in {**CATALOGUE.get(etype, {}), **_OPTIONAL.get(etype, {})}.items():
+        value = out.get(name)
+        ok = name in out and not isinstance(value, bool) and isinstance(value, kinds)
+        if not ok and (name in CATALOGUE.get(etype, {}) or name in out):
+            sample = _EXAMPLE_VALUES.get(name, _EXAMPLE_BY_KIND[kinds[0]])
+            out[name] = sample if isinstance(sample, kinds) else _EXAMPLE_BY_KIND[kinds[0]]
+    if etype in _DEPLOYMENT_TYPES and not any(isinstance(out.get(k), str) for k in ("ref", "commitSha")):
+        out["ref"] = _EXAMPLE_VALUES["ref"]
+    return out
+
+
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def suggest_type(etype: str) -> str | None:
+    """The catalogue type `etype` is probably a typo of (edit distance 1 or 2), or None.
+
+    Only types whose first part is a catalogue prefix (deploy., forge., ...) are
+    checked: `backup.completed` is the user's own type, not a typo.
+    """
+    if etype in CATALOGUE or etype.split(".", 1)[0] not in _CATALOGUE_PREFIXES:
+        return None
+    best = min(CATALOGUE, key=lambda known: (_edit_distance(etype, known), known))
+    return best if _edit_distance(etype, best) <= 2 else None
 
 
 def validate_event(obj: Any) -> tuple[str, str, dict[str, Any]]:

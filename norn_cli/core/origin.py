@@ -68,8 +68,10 @@ def api_refusal(authorization: str, *, has_origin: bool, peer_host: str, token: 
     """
     if token is not None:
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer" or not given.strip():
             return 401, "this hub needs a bearer token for /api (Authorization: Bearer <token>)"
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return 401, "the hub refused this token (Authorization: Bearer <token>)"
         return None
     if has_origin:
         return 403, "publishing from a web page needs a token; this hub has none"

@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 OUTPUT_LINES = 4  # output lines shown under a running step
-FAILURE_LINES = 10  # output lines of the failing step shown at the end
+FAILURE_LINES = 10  # output lines of the failing step shown in the live view's final panel
+DEFAULT_FAILURE_LINES = 20  # ...and in plain lines (CI logs), unless --lines N
 GAP_NOTICE = "the hub no longer retains some events of this run; the view may be incomplete"
 
 
@@ -235,17 +236,46 @@ class _AppendOnly:
             self.notice(hint)
 
 
-class LinesView(_AppendOnly):
-    """Not a terminal: plain append-only lines, one per step change."""
+HEARTBEAT = 30.0  # seconds of silence from a running step before a `still running` line
 
-    def __init__(self, out: Console, err: Console, *, clock: Callable[[], float] = time.time) -> None:
+
+def _seconds(elapsed: float) -> str:
+    """`30s` under a minute (a heartbeat's steady beat), else as format_duration says it."""
+    return f"{int(elapsed)}s" if elapsed < 60 else format_duration(elapsed * 1000)
+
+
+class LinesView(_AppendOnly):
+    """Not a terminal (CI): append-only lines: step changes, `step | output` lines, heartbeats of silent steps."""
+
+    refresh_every = 1.0  # how often the caller calls refresh(), for heartbeats
+
+    def __init__(
+        self, out: Console, err: Console, *, clock: Callable[[], float] = time.time, quiet: bool = False,
+        lines: int = DEFAULT_FAILURE_LINES, heartbeat: float = HEARTBEAT,
+    ) -> None:  # fmt: skip
         self.out = out
         self.err = err
         self.clock = clock
+        self.quiet = quiet
+        self.lines = lines
+        self.heartbeat = heartbeat
         self.state = RunState()
         self._said: dict[str, tuple[str, str]] = {}
+        self._heard: dict[str, float] = {}  # step -> when we last printed something of it (our clock)
         self._header = False
         self._ended = False
+
+    def refresh(self) -> None:
+        """A `NAME: still running, 30s` line for each running step silent for a heartbeat."""
+        if self._ended:
+            return
+        now = self.clock()
+        for step in self.state.running():
+            heard = self._heard.setdefault(step.name, now)
+            if now - heard >= self.heartbeat:
+                self._heard[step.name] = now
+                since = step.started if step.started is not None else heard
+                self._line(f"{escape_control(step.name)}: still running, {_seconds(now - since)}")
 
     def _line(self, text: str) -> None:
         self.out.print(Text(text), soft_wrap=True, highlight=False)
@@ -257,6 +287,7 @@ class LinesView(_AppendOnly):
         if env.get("type") == "hub.gap":
             self.notice(GAP_NOTICE)
             return
+        now = self.clock()
         if not self._header and state.kind is not None:
             self._header = True
             header = PipelineRenderer().header(state).plain
@@ -268,7 +299,15 @@ class LinesView(_AppendOnly):
             if step.phase == PENDING or self._said.get(step.name) == said:
                 continue
             self._said[step.name] = said
+            self._heard[step.name] = now
             self._line(self._describe(step))
+        payload = env.get("payload")
+        if isinstance(payload, dict) and isinstance(payload.get("output"), str) and isinstance(payload.get("step"), str):
+            self._heard[payload["step"]] = now
+            if not self.quiet:
+                name = escape_control(payload["step"])
+                for line in payload["output"].splitlines():
+                    self._line(f"{name} | {_output(line)}")
         if state.done and not self._ended:
             self._ended = True
             self._end()
@@ -289,11 +328,16 @@ class LinesView(_AppendOnly):
             self._line(f"{escape_control(_title(state))} completed in {total}")
             return
         step = state.steps.get(state.failed_step or "")
-        if step is not None:
-            for line in list(step.output)[-FAILURE_LINES:]:
+        if step is not None and self.lines:
+            shown = list(step.output)[-self.lines:]
+            if shown:
+                self._line(f"last {len(shown)} output line{'s' if len(shown) != 1 else ''} of {escape_control(step.name)}:")
+            for line in shown:
                 self._line(f"  | {_output(line)}")
         where = f" at {escape_control(state.failed_step)}" if state.failed_step else ""
         self._line(f"{escape_control(_title(state))} failed{where} after {total}: {escape_control(state.error or 'failed')}")
+        if state.run_id:
+            self._line(f"full output: norn watch {escape_control(state.run_id)} --json")
 
 
 class JsonView(_AppendOnly):
@@ -316,11 +360,13 @@ def make_consoles(no_color: bool) -> tuple[Console, Console]:
     return Console(no_color=flag, highlight=False), Console(stderr=True, no_color=flag, highlight=False)
 
 
-def make_view(*, json: bool, no_color: bool, stdout: TextIO) -> LiveView | LinesView | JsonView:
+def make_view(
+    *, json: bool, no_color: bool, stdout: TextIO, quiet: bool = False, lines: int = DEFAULT_FAILURE_LINES
+) -> LiveView | LinesView | JsonView:
     """The view that fits where stdout goes: NDJSON, a live terminal view, or plain lines."""
     out, err = make_consoles(no_color)
     if json:
         return JsonView(stdout, err)
     if out.is_interactive:
         return LiveView(out, err)
-    return LinesView(out, err)
+    return LinesView(out, err, quiet=quiet, lines=lines)
