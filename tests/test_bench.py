@@ -18,7 +18,7 @@ from norn_cli.hub.server import HubServer
 from tests.conftest import TIMEOUT, norn_argv, norn_env, run_norn
 
 KEYS = {
-    "url", "embedded", "loop", "subs", "pubs", "events", "size", "rate", "batch", "window", "stalled",
+    "url", "embedded", "loop", "subs", "pubs", "events", "size", "rate", "batch", "keys", "window", "stalled",
     "published", "publish_errors", "delivered", "expected", "completeness", "dropped", "dropped_codes",
     "out_of_order", "stalled_closed", "stalled_codes", "published_per_s", "delivered_per_s",
     "latency_ms", "elapsed_s", "timed_out", "hub_rss_kb", "hub_cpu_s",

@@ -99,7 +99,7 @@ async def test_losing_the_hub_mid_file_says_how_many_got_through() -> None:
     events = [{"type": "a.b", "appId": "x", "payload": {"n": i, "pad": "x" * 50}} for i in range(200)]
     async with HubServer(host="127.0.0.1", port=0, max_size=4000) as srv:
         with pytest.raises(HubUnreachable) as err:
-            await emit_events(Endpoint.parse(srv.url), events, on_id=lambda _id: None)
+            await emit_events(Endpoint.parse(srv.url), events, on_ack=lambda _id, _dup: None)
         assert srv.hub.published == 0
     assert err.value.message.endswith("(0 of 200 events were published)")
     assert "1009" in err.value.message

@@ -56,7 +56,7 @@ def test_timestamps_have_milliseconds() -> None:
         ({"type": "x.y", "appId": "has space"}, "event appId 'has space' is not a short slug (letters, digits, '.', '_', '-'; at most 64)"),
         ({"type": "x.y", "appId": "a", "payload": []}, "event 'payload' must be a JSON object, got an array"),
         ({"type": "x.y", "appId": "a", "payload": None}, "event 'payload' must be a JSON object, got null"),
-        ({"type": "x.y", "appId": "a", "appid": "b"}, "unknown event field 'appid' (allowed: type, appId, payload)"),
+        ({"type": "x.y", "appId": "a", "appid": "b"}, "unknown event field 'appid' (allowed: type, appId, payload, key)"),
         ({"type": "deploy.step", "appId": "a", "payload": {"step": "build"}}, "deploy.step payload needs field 'status'"),
         ({"type": "deploy.step", "appId": "a", "payload": {"step": "b", "status": 1}}, "deploy.step payload field 'status' must be a string, got a number"),
         ({"type": "forge.step", "appId": "a", "payload": {"step": "b", "status": "x", "durationMs": True}}, "forge.step payload field 'durationMs' must be a number or a string, got a boolean"),

@@ -595,3 +595,28 @@ async def test_serve_warns_and_keeps_serving_when_redis_is_unreachable() -> None
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_keys_are_shared_by_every_hub_and_expire_with_the_window(hubs: tuple[HubServer, HubServer]) -> None:
+    """A key published on one hub is a duplicate on the other; Redis keeps it for the window only."""
+    a, b = hubs
+    await ready(a)
+    await ready(b)
+    async with asyncio.timeout(TIMEOUT):
+        async with connect(f"{a.url}/ws") as sub, connect(f"{a.url}/api") as api_a, connect(f"{b.url}/api") as api_b:
+            first = await request(api_a, {"op": "publish", "events": [{**ev(1), "key": "k1"}, {**ev(2), "key": "k1"}]})
+            assert first == {"ok": True, "ids": [first["ids"][0]] * 2, "duplicates": [1]}
+            again = await request(api_b, {"op": "publish", "event": {**ev(3), "key": "k1"}})
+            assert again == {"ok": True, "id": first["ids"][0], "duplicate": True}
+            other = await request(api_b, {"op": "publish", "events": [ev(4), {**ev(5), "key": "k2"}]})
+            assert "duplicates" not in other
+            frames = Frames(sub)
+            got = await frames.wait_for(3)
+    assert ns(got) == [1, 4, 5] and all("key" not in f for f in got)
+    assert isinstance(a.broker, RedisBroker)
+    client = aioredis.Redis.from_url(a.broker.where and f"redis://{a.broker.where}/0")
+    try:
+        ttl = await client.pttl(f"{STREAM}:key:k1")
+        assert 0 < ttl <= 600_000
+    finally:
+        await client.aclose()

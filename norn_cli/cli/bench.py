@@ -22,6 +22,7 @@ __all__ = ["bench"]
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Offered events/s over all publishers [default: as fast as acks allow].")
 @click.option("--stalled", type=click.IntRange(0), default=0, show_default=True, help="Extra subscribers that never read (the hub should close them, 1013).")
 @click.option("--window", type=click.IntRange(1), default=64, show_default=True, help="Unacknowledged requests per publisher.")
+@click.option("--keys", is_flag=True, help="Give every event an idempotency key, as norn emit does.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Events per publish request.")
 @click.option("--timeout", type=Duration(), default="60s", show_default=True, metavar="DURATION", help="Give up the measured phase after DURATION (10s, 2m; bare number: seconds).")
 @click.option("--in-process", is_flag=True, help="Embed the hub in this process (competes with the load for the CPU).")
@@ -37,6 +38,7 @@ def bench(
     stalled: int,
     window: int,
     batch: int,
+    keys: bool,
     timeout: float,
     in_process: bool,
     as_json: bool,
@@ -62,7 +64,7 @@ def bench(
     bench_url = settings.url if settings.url_given else None
     cfg = BenchConfig(
         subs=subs, pubs=pubs, events=events, size=size, rate=rate, stalled=stalled,
-        window=window, batch=batch, timeout=timeout,
+        window=window, batch=batch, keys=keys, timeout=timeout,
     )  # fmt: skip
     # The embedded hub must not pick up this shell's hub settings (token, broker, port).
     hub_env = {k: v for k, v in os.environ.items() if not k.startswith("NORN_") or k == "NORN_LOOP"}

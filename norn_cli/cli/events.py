@@ -55,7 +55,10 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="A payload field (repeatable): VALUE is JSON when it parses as JSON, else a string; dotted keys nest (a.b=1).",
 )  # fmt: skip
 @click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH", help="NDJSON events, one per line ('-': stdin); TYPE and --app fill in missing fields.")
-@click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hub's reply as JSON (with --file: one reply per event); a repeat of an earlier key has \"duplicate\": true.")
+@click.option("--key", metavar="KEY", help="Idempotency key (1-128 printable characters): the hub publishes an event with a key it has seen within its dedupe window only once. With --file, the prefix of each line's key (KEY:LINE) unless the line has a \"key\".")
+@click.option("--stream", is_flag=True, help="With --file: validate and send each line as it arrives, instead of reading the whole input first.")
+@click.option("--no-retry", is_flag=True, help="Exit 3 when the connection is lost, instead of reconnecting and re-sending what was not acknowledged.")
 @click.option("--force", is_flag=True, help="Publish TYPE even when it looks like a typo of a catalogue type (deploy.complete).")
 @click.pass_obj
 def emit(
@@ -67,21 +70,30 @@ def emit(
     file: str | None,
     as_json: bool,
     force: bool,
+    key: str | None,
+    stream: bool,
+    no_retry: bool,
 ) -> None:
     """Publish an event (or many, from NDJSON) and print the id the hub assigned.
 
     Everything is checked against the hub's rules before anything is sent:
-    a file or stdin is read to its end and checked whole, then published
-    over one connection, batched and pipelined. A catalogue type (deploy.*,
-    forge.*, teardown.*, app.*) must carry its fields: every missing one is
-    named at once, with a command that works. A type one or two letters away
-    from a catalogue type is refused as a typo unless --force is given.
+    a file or stdin is read to its end and checked whole (or, with --stream,
+    line by line as it arrives), then published over one connection, batched
+    and pipelined. A catalogue type (deploy.*, forge.*, teardown.*, app.*)
+    must carry its fields: every missing one is named at once, with a
+    command that works. A type one or two letters away from a catalogue type
+    is refused as a typo unless --force is given. Every event carries a key
+    (a random one per run plus the line number, unless given), so when the
+    connection drops before every acknowledgement is in, norn reconnects and
+    re-sends exactly the events not acknowledged: each is published once,
+    and one id per input event is printed, in input order.
 
     \b
     Examples:
       norn emit deploy.step --app mail-agent -p step=build -p status=building
       norn emit backup.completed --app db --data '{"sizeMb": 120}' --json
-      norn emit --file events.ndjson
+      norn emit --file events.ndjson --key nightly-2026-11-27
+      producer | norn emit --file - --stream --json
       norn --url ws://old:8800 tail --json --last 100 --count 100 | norn emit --file -
     """
     from norn_cli.client import emit as emitting
@@ -90,32 +102,50 @@ def emit(
         raise click.UsageError("--file takes whole events; use --data and -p with TYPE instead")
     if file is None and (event_type is None or app is None):
         raise click.UsageError("give TYPE and --app (or --file PATH, '-' for stdin)")
+    if stream and file is None:
+        raise click.UsageError("--stream reads --file (use --file - for stdin)")
+    if key is not None:
+        from norn_cli.core.events import event_key
+
+        try:
+            event_key({"key": key})
+        except NornError as exc:
+            raise click.BadParameter(exc.message.replace("event 'key'", "it"), param_hint="'--key'") from None
     endpoint = hub_endpoint(settings)
     out = sys.stdout
     if file is None:
         assert event_type is not None and app is not None
         _check_event(event_type, app, data, pairs, force)
         reply = run(emitting.emit_from_flags(
-            endpoint, event_type, app, data=data, pairs=pairs, token=settings.token, cafile=settings.cafile
+            endpoint, event_type, app, data=data, pairs=pairs, key=key, token=settings.token, cafile=settings.cafile,
+            retry=not no_retry, on_notice=notice,
         ))  # fmt: skip
         out.write((json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
         return
 
-    def on_id(event_id: str) -> None:
-        out.write((json_line({"ok": True, "id": event_id}) if as_json else event_id) + "\n")
+    def on_ack(event_id: str, duplicate: bool) -> None:
+        if as_json:
+            out.write(json_line({"ok": True, "id": event_id, "duplicate": True} if duplicate else {"ok": True, "id": event_id}) + "\n")
+        else:
+            out.write(event_id + "\n")
+        if stream:
+            out.flush()
 
     try:
-        stream = click.open_file(file, "rb")
+        lines = click.open_file(file, "rb")
     except OSError as exc:
         raise click.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="'--file'") from None
-    with stream:
-        count = run(emitting.emit_ndjson(
-            endpoint, stream, on_id=on_id, source="stdin" if file == "-" else file,
+    with lines:
+        stats = run(emitting.emit_ndjson(
+            endpoint, lines, on_ack=on_ack, source="stdin" if file == "-" else file, stream=stream, key=key,
             default_type=event_type, default_app=app, token=settings.token, cafile=settings.cafile,
+            retry=not no_retry, on_notice=notice,
         ))  # fmt: skip
     out.flush()
-    if settings.verbose:
-        notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}")
+    if settings.verbose or stats.reconnects:
+        count = stats.acked
+        extra = f" ({stats.duplicates} already published, {stats.reconnects} reconnects)" if stats.reconnects or stats.duplicates else ""
+        notice(f"published {count} event{'' if count == 1 else 's'} to {endpoint}{extra}")
 
 
 def _check_event(event_type: str, app: str, data: str | None, pairs: tuple[str, ...], force: bool) -> None:

@@ -66,6 +66,10 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 )  # fmt: skip
 @click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default) or redis://HOST:PORT/DB [env NORN_BROKER].")
 @click.option("--redis-stream", envvar="NORN_REDIS_STREAM", default="norn:events", show_default=True, metavar="KEY", help="The Redis stream hubs share [env NORN_REDIS_STREAM].")
+@click.option(
+    "--dedupe-window", type=click.IntRange(1), default=600, show_default=True, envvar="NORN_DEDUPE_WINDOW", metavar="SECONDS",
+    help="How long a publish key is remembered: a repeat within it publishes nothing [env NORN_DEDUPE_WINDOW].",
+)  # fmt: skip
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.pass_context
@@ -80,6 +84,7 @@ def serve(
     fanout_threads: int | None,
     broker: str | None,
     redis_stream: str,
+    dedupe_window: int,
     certfile: str | None,
     keyfile: str | None,
 ) -> None:
@@ -106,7 +111,7 @@ def serve(
     if keyfile and not certfile:
         raise click.UsageError("--keyfile needs --certfile")
     try:
-        the_broker = open_broker(broker, history=history, stream=redis_stream)
+        the_broker = open_broker(broker, history=history, stream=redis_stream, dedupe_window=dedupe_window)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
 

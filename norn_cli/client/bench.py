@@ -17,6 +17,7 @@ tests, not for figures).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import os
 import re
 import socket
@@ -50,6 +51,7 @@ _DIAL_CONCURRENCY = 50
 _STALLED_RCVBUF = 4096  # a tiny kernel buffer, so a stalled reader backs up quickly
 _STALLED_DRAIN = 3.0  # seconds to read what the hub left a stalled subscriber
 _PAYLOAD_FIXED = 48  # bytes of {"t":..,"p":..,"k":..,"pad":""} before padding
+_RUN = secrets.token_hex(6)  # this run's key prefix: keys of two runs never meet
 _WARM = '{"op":"publish","event":{"type":"bench.warm","appId":"%s","payload":{"t":%d,"p":0,"k":-1}}}'
 
 
@@ -64,6 +66,7 @@ class BenchConfig:
     rate: float | None = None  # offered events/s over all publishers; None: as fast as acks allow
     window: int = 64  # unacknowledged publish requests per publisher
     batch: int = 1  # events per publish request
+    keys: bool = False  # give every event an idempotency key (what `norn emit` does)
     stalled: int = 0
     timeout: float = 60.0  # the measured phase, at most
     drain: float = 3.0  # after the last ack: stop when deliveries make no progress this long
@@ -195,6 +198,7 @@ class BenchResult:
             "size": cfg.size,
             "rate": cfg.rate,
             "batch": cfg.batch,
+            "keys": cfg.keys,
             "window": cfg.window,
             "stalled": cfg.stalled,
             "published": self.published,
@@ -450,8 +454,9 @@ class _Run:
 
     def request(self, idx: int, k: int, t: int, pad: str, typ: str) -> str:
         cfg = self.cfg
+        key = f',"key":"{_RUN}:{idx}:{{}}"' if cfg.keys else ""
         events = [
-            f'{{"type":"{typ}","appId":"{cfg.app}","payload":{{"t":{t},"p":{idx},"k":{j},"pad":"{pad}"}}}}'
+            f'{{"type":"{typ}","appId":"{cfg.app}","payload":{{"t":{t},"p":{idx},"k":{j},"pad":"{pad}"}}{key.format(j)}}}'
             for j in range(k, k + cfg.batch)
         ]
         if len(events) == 1:

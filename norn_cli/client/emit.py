@@ -1,14 +1,19 @@
-"""Events for `norn emit`: payloads from flags, NDJSON input, local validation, pipelined publishing."""
+"""Events for `norn emit`: payloads from flags, NDJSON input (whole or streamed), local validation, keys, publishing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import asyncio
+import concurrent.futures
+import secrets
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import IO, Any
 
 from norn_cli.client.endpoint import Endpoint
-from norn_cli.client.connect import BATCH_BYTES, ApiClient, publish_stream
-from norn_cli.core.errors import EventError, HubUnreachable, OperationFailed
-from norn_cli.core.events import dumps, loads, validate_event
+from norn_cli.client.connect import BATCH_BYTES
+from norn_cli.client.publisher import OnAck, PublishStats, publish_resilient
+from norn_cli.core.errors import EventError
+from norn_cli.core.events import dumps, event_key, loads, validate_event
 
 __all__ = [
     "build_event",
@@ -17,7 +22,10 @@ __all__ = [
     "emit_events",
     "emit_from_flags",
     "emit_ndjson",
+    "keyed",
+    "new_key_prefix",
     "read_ndjson",
+    "stream_ndjson",
 ]
 
 MAX_EVENT_BYTES = BATCH_BYTES  # what fits one publish frame with room for the request
@@ -70,6 +78,21 @@ def _checked(obj: Any) -> dict[str, Any]:
     size = len(dumps(event))
     if size > MAX_EVENT_BYTES:
         raise EventError(f"the event is {size} bytes encoded; the hub takes at most {MAX_EVENT_BYTES}")
+    key = event_key(obj)
+    if key is not None:
+        event["key"] = key
+    return event
+
+
+def new_key_prefix() -> str:
+    """A random prefix for one run's keys: keys of two runs never meet."""
+    return secrets.token_hex(8)
+
+
+def keyed(event: dict[str, Any], prefix: str, number: int) -> dict[str, Any]:
+    """The event with its key: its own `key`, or `<prefix>:<number>` (its line number)."""
+    if "key" not in event:
+        event["key"] = f"{prefix}:{number}"
     return event
 
 
@@ -78,77 +101,135 @@ def build_event(etype: str, app: str, payload: dict[str, Any]) -> dict[str, Any]
     return _checked({"type": etype, "appId": app, "payload": payload})
 
 
+def _parse_line(line: bytes | str, number: int, source: str, default_type: str | None, default_app: str | None) -> dict[str, Any]:
+    try:
+        obj = loads(line)
+    except ValueError as exc:
+        raise EventError(f"{source} line {number}: not valid JSON ({exc})") from None
+    if isinstance(obj, dict):
+        if default_type is not None:
+            obj.setdefault("type", default_type)
+        if default_app is not None:
+            obj.setdefault("appId", default_app)
+    try:
+        return _checked(obj)
+    except EventError as exc:
+        raise EventError(f"{source} line {number}: {exc.message}") from None
+
+
 def read_ndjson(
     lines: Iterable[bytes | str],
     *,
     source: str = "stdin",
     default_type: str | None = None,
     default_app: str | None = None,
+    key_prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every event of an NDJSON input, validated before any is sent.
 
     Blank lines are skipped; `id` and `ts` (as `norn tail --json` prints them)
-    are dropped, since the hub assigns both. A bad line raises EventError
-    naming its line number.
+    are dropped, since the hub assigns both; a `key` is kept. With
+    `key_prefix`, a line without a key gets `<prefix>:<line number>`. A bad
+    line raises EventError naming its line number.
     """
     events: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            obj = loads(line)
-        except ValueError as exc:
-            raise EventError(f"{source} line {number}: not valid JSON ({exc}); nothing was sent") from None
-        if isinstance(obj, dict):
-            if default_type is not None:
-                obj.setdefault("type", default_type)
-            if default_app is not None:
-                obj.setdefault("appId", default_app)
-        try:
-            events.append(_checked(obj))
+            event = _parse_line(line, number, source, default_type, default_app)
         except EventError as exc:
-            raise EventError(f"{source} line {number}: {exc.message}; nothing was sent") from None
+            raise EventError(f"{exc.message}; nothing was sent") from None
+        events.append(event if key_prefix is None else keyed(event, key_prefix, number))
     return events
 
 
+async def stream_ndjson(
+    stream: IO[bytes],
+    *,
+    key_prefix: str,
+    source: str = "stdin",
+    default_type: str | None = None,
+    default_app: str | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """The keyed events of an NDJSON input as its lines arrive, each validated on arrival.
+
+    A thread reads the lines (stdin cannot be read without blocking
+    everywhere), at most 1,000 ahead; a bad line raises EventError after
+    the events before it.
+    """
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+
+    def read() -> None:
+        try:
+            for line in stream:
+                asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+        except (RuntimeError, OSError, ValueError, concurrent.futures.CancelledError):
+            pass  # the loop ended, or the input broke: the reader stops either way
+        finally:
+            try:
+                asyncio.run_coroutine_threadsafe(lines.put(None), loop)
+            except RuntimeError:
+                pass
+
+    threading.Thread(target=read, name="norn-emit-stdin", daemon=True).start()
+    number = 0
+    while (line := await lines.get()) is not None:
+        number += 1
+        if line.strip():
+            yield keyed(_parse_line(line, number, source, default_type, default_app), key_prefix, number)
+
+
 async def emit_event(
-    endpoint: Endpoint, event: dict[str, Any], *, token: str | None = None, cafile: str | None = None
+    endpoint: Endpoint,
+    event: dict[str, Any],
+    *,
+    token: str | None = None,
+    cafile: str | None = None,
+    retry: bool = True,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Publish one validated event; return the hub's reply (`{"ok": true, "id": ...}`)."""
-    async with ApiClient(endpoint, token=token, cafile=cafile) as api:
-        return await api.request({"op": "publish", "event": event})
+    """Publish one validated event (keyed at random unless it has a key); return the reply.
+
+    The reply is `{"ok": true, "id": ...}`, plus `"duplicate": true` when the
+    hub had the key already.
+    """
+    if "key" not in event:
+        event = keyed(dict(event), new_key_prefix(), 1)
+    reply: dict[str, Any] = {}
+
+    def on_ack(event_id: str, duplicate: bool) -> None:
+        reply.update({"ok": True, "id": event_id, **({"duplicate": True} if duplicate else {})})
+
+    await publish_resilient(
+        endpoint, [event], on_ack=on_ack, retry=retry, total=1, token=token, cafile=cafile, on_notice=on_notice
+    )
+    return reply
 
 
 async def emit_events(
     endpoint: Endpoint,
-    events: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]] | AsyncIterable[dict[str, Any]],
     *,
-    on_id: Callable[[str], None],
+    on_ack: OnAck,
     token: str | None = None,
     cafile: str | None = None,
-) -> int:
-    """Publish validated events over one connection, batched and pipelined.
+    retry: bool = True,
+    on_notice: Callable[[str], None] | None = None,
+) -> PublishStats:
+    """Publish keyed events (an event without a key gets one), batched and pipelined, across lost connections.
 
-    `on_id` gets each assigned id, in input order. Returns how many were
-    published; when the hub refuses a batch, says how many got through.
+    `on_ack` gets each event's id, in input order, once, and whether the
+    hub had its key already. Errors say how many events got through.
     """
-    published = 0
-    if not events:
-        return 0
-    async with ApiClient(endpoint, token=token, cafile=cafile) as api:
-        try:
-            async for event_id in publish_stream(api, events):
-                published += 1
-                on_id(event_id)
-        except OperationFailed as exc:
-            raise OperationFailed(
-                f"the hub refused a batch starting at event {published + 1} of {len(events)}: "
-                f"{exc.message} (the {published} before it were published)",
-                code=exc.code,
-            ) from None
-        except HubUnreachable as exc:
-            raise HubUnreachable(f"{exc.message} ({published} of {len(events)} events were published)") from None
-    return published
+    total = len(events) if isinstance(events, Sequence) else None
+    if isinstance(events, Sequence):
+        prefix = new_key_prefix()
+        events = [ev if "key" in ev else keyed(dict(ev), prefix, i) for i, ev in enumerate(events, 1)]
+    return await publish_resilient(
+        endpoint, events, on_ack=on_ack, retry=retry, total=total, token=token, cafile=cafile, on_notice=on_notice
+    )
 
 
 async def emit_from_flags(
@@ -158,25 +239,45 @@ async def emit_from_flags(
     *,
     data: str | None = None,
     pairs: Sequence[str] = (),
+    key: str | None = None,
     token: str | None = None,
     cafile: str | None = None,
+    retry: bool = True,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """`norn emit TYPE --app APP [--data] [-p ...]`: validate, then publish; return the reply."""
+    """`norn emit TYPE --app APP [--data] [-p ...] [--key]`: validate, then publish; return the reply."""
     event = build_event(etype, app, build_payload(data, pairs))
-    return await emit_event(endpoint, event, token=token, cafile=cafile)
+    if key is not None:
+        event["key"] = event_key({"key": key})
+    return await emit_event(endpoint, event, token=token, cafile=cafile, retry=retry, on_notice=on_notice)
 
 
 async def emit_ndjson(
     endpoint: Endpoint,
-    lines: Iterable[bytes | str],
+    lines: IO[bytes],
     *,
-    on_id: Callable[[str], None],
+    on_ack: OnAck,
     source: str = "stdin",
+    stream: bool = False,
+    key: str | None = None,
     default_type: str | None = None,
     default_app: str | None = None,
     token: str | None = None,
     cafile: str | None = None,
-) -> int:
-    """`norn emit --file`: read and validate every line, then publish them all; return how many."""
-    events = read_ndjson(lines, source=source, default_type=default_type, default_app=default_app)
-    return await emit_events(endpoint, events, on_id=on_id, token=token, cafile=cafile)
+    retry: bool = True,
+    on_notice: Callable[[str], None] | None = None,
+) -> PublishStats:
+    """`norn emit --file`: publish every line, keyed `<key or a random prefix>:<line number>` unless it has a key.
+
+    Without `stream`, every line is read and validated before any is sent;
+    with it, lines are validated and sent as they arrive.
+    """
+    prefix = key if key is not None else new_key_prefix()
+    events: list[dict[str, Any]] | AsyncIterator[dict[str, Any]]
+    if stream:
+        events = stream_ndjson(lines, key_prefix=prefix, source=source, default_type=default_type, default_app=default_app)
+    else:
+        events = read_ndjson(lines, source=source, default_type=default_type, default_app=default_app, key_prefix=prefix)
+    return await emit_events(
+        endpoint, events, on_ack=on_ack, token=token, cafile=cafile, retry=retry, on_notice=on_notice
+    )

@@ -32,6 +32,7 @@ _STEP_KEYS = frozenset({"name", "run", "timeout", "env"})
 SERVE_KEYS: dict[str, type] = {
     "host": str, "port": int, "token": str, "allowed_origins": list, "history": int,
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
+    "dedupe_window": int,
 }  # fmt: skip
 
 
@@ -125,6 +126,8 @@ def _parse_serve(where: _Where, base: Path, body: Any) -> dict[str, Any]:
             raise where.error(f"serve.{name}", f"must be a whole number, 0 or more, got {value!r}")
         if name == "queue_size" and value < 1:
             raise where.error("serve.queue_size", f"must be at least 1, got {value!r}")
+        if name == "dedupe_window" and value < 1:
+            raise where.error("serve.dedupe_window", f"must be at least 1 (seconds), got {value!r}")
         if name == "fanout_threads" and value > 16:
             raise where.error("serve.fanout_threads", f"must be from 0 to 16, got {value!r}")
         if name == "allowed_origins" and not all(isinstance(o, str) for o in value):

@@ -36,7 +36,9 @@ __all__ = [
     "suggest_type",
     "EventId",
     "Filter",
+    "MAX_KEY_LEN",
     "dumps",
+    "event_key",
     "format_id",
     "loads",
     "make_event",
@@ -53,7 +55,8 @@ _ID_RE = re.compile(r"^(\d{1,15})-(\d{1,15})$")
 MAX_TYPE_LEN = 100
 MAX_APP_LEN = 64
 RESERVED_PREFIX = "hub."
-_ENVELOPE_KEYS = frozenset({"type", "appId", "payload", "id", "ts"})
+MAX_KEY_LEN = 128
+_ENVELOPE_KEYS = frozenset({"type", "appId", "payload", "id", "ts", "key"})
 
 if _orjson is not None:
 
@@ -280,7 +283,7 @@ def validate_event(obj: Any) -> tuple[str, str, dict[str, Any]]:
         raise EventError(f"an event must be a JSON object, got {_json_kind(obj)}")
     extra = obj.keys() - _ENVELOPE_KEYS
     if extra:
-        raise EventError(f"unknown event field {sorted(extra)[0]!r} (allowed: type, appId, payload)")
+        raise EventError(f"unknown event field {sorted(extra)[0]!r} (allowed: type, appId, payload, key)")
     etype = obj.get("type")
     if etype is None:
         raise EventError("event needs field 'type'")
@@ -306,6 +309,21 @@ def validate_event(obj: Any) -> tuple[str, str, dict[str, Any]]:
         raise EventError(f"event 'payload' must be a JSON object, got {_json_kind(payload)}")
     _check_payload(etype, payload)
     return etype, app, payload
+
+
+def event_key(obj: dict[str, Any]) -> str | None:
+    """A publish's idempotency `key` (1-128 printable characters), None when absent; raises EventError.
+
+    The key is not part of the envelope: subscribers never see it.
+    """
+    key = obj.get("key")
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise EventError(f"event 'key' must be a string, got {_json_kind(key)}")
+    if not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
+        raise EventError(f"event 'key' must be 1 to {MAX_KEY_LEN} printable characters")
+    return key
 
 
 class Filter:

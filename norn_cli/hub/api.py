@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from norn_cli.core.errors import EventError, OperationFailed
-from norn_cli.core.events import loads, validate_event
-from norn_cli.hub.brokers.base import Item, Unavailable
+from norn_cli.core.events import Event, event_key, loads, validate_event
+from norn_cli.hub.brokers.base import Duplicate, Item, Unavailable
 from norn_cli.hub.fanout import Hub
 
 __all__ = ["MERGE_EVENTS", "Api", "OpHandler", "error_reply"]
@@ -32,26 +32,50 @@ def error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def publish_plan(req: dict[str, Any]) -> tuple[list[Item], bool] | dict[str, Any]:
-    """A publish request's validated events (and whether it was one `event`), or its error reply."""
+Keys = list[str | None] | None
+"""Each event's idempotency key; None when no event of the request has one."""
+
+
+def _checked(obj: Any) -> tuple[Item, str | None]:
+    item = validate_event(obj)
+    return item, event_key(obj) if "key" in obj else None
+
+
+def publish_plan(req: dict[str, Any]) -> tuple[list[Item], bool, Keys] | dict[str, Any]:
+    """A publish request's validated events, whether it was one `event`, and their keys; or its error reply."""
     items: list[Item] = []
+    keys: list[str | None] = []
     if "event" in req:
         try:
-            items.append(validate_event(req["event"]))
+            item, key = _checked(req["event"])
         except EventError as exc:
             return error_reply("bad_request", exc.message)
-        return items, True
+        return [item], True, (None if key is None else [key])
     batch = req.get("events")
     if isinstance(batch, list) and batch:
         for i, obj in enumerate(batch):
             try:
-                items.append(validate_event(obj))
+                item, key = _checked(obj)
             except EventError as exc:
                 return error_reply("bad_request", f"events[{i}]: {exc.message}; nothing was published")
-        return items, False
+            items.append(item)
+            keys.append(key)
+        return items, False, (keys if any(k is not None for k in keys) else None)
     if "events" in req:
         return error_reply("bad_request", "\"events\" must be a non-empty array of events")
     return error_reply("bad_request", "publish needs \"event\" (one) or \"events\" (a batch)")
+
+
+def _reply(results: Sequence[Event | Duplicate], single: bool) -> dict[str, Any]:
+    """The reply to one publish request: ids, and which of them are duplicates (only if any)."""
+    if single:
+        first = results[0]
+        return {"ok": True, "id": first.id, "duplicate": True} if isinstance(first, Duplicate) else {"ok": True, "id": first.id}
+    reply: dict[str, Any] = {"ok": True, "ids": [r.id for r in results]}
+    dups = [i for i, r in enumerate(results) if isinstance(r, Duplicate)]
+    if dups:
+        reply["duplicates"] = dups
+    return reply
 
 
 class Api:
@@ -82,7 +106,7 @@ class Api:
         """
         limit = self.merge_events
         replies: list[dict[str, Any]] = []
-        held: list[tuple[int, list[Item], bool]] = []  # (reply index, events, one `event`?)
+        held: list[tuple[int, list[Item], bool, Keys]] = []  # (reply index, events, one `event`?, keys)
         count = 0
         while requests and count < limit:
             req, refusal = self._parse(requests.popleft())
@@ -98,8 +122,8 @@ class Api:
             if isinstance(plan, dict):
                 replies.append(plan)
                 continue
-            items, single = plan
-            held.append((len(replies), items, single))
+            items, single, keys = plan
+            held.append((len(replies), items, single, keys))
             replies.append({})
             count += len(items)
         await self._publish_held(held, replies)
@@ -125,25 +149,33 @@ class Api:
         self.count_op("invalid")
         return {}, error_reply("bad_request", refusal)
 
-    async def _publish_held(self, held: list[tuple[int, list[Item], bool]], replies: list[dict[str, Any]]) -> None:
+    async def _publish_held(self, held: list[tuple[int, list[Item], bool, Keys]], replies: list[dict[str, Any]]) -> None:
         """Order the held publishes in one broker call and fill in their replies."""
         if not held:
             return
+        items = [item for _, its, _, _ in held for item in its]
         try:
-            events = await self.hub.publish([item for _, items, _ in held for item in items])
+            if all(keys is None for _, _, _, keys in held):
+                results: list[Event | Duplicate] | list[Event] = await self.hub.publish(items)
+            else:
+                all_keys = [k for _, its, _, keys in held for k in (keys or [None] * len(its))]
+                results = await self.hub.publish_keyed(items, all_keys)
         except Unavailable as exc:
-            for index, _, _ in held:
+            for index, _, _, _ in held:
                 replies[index] = error_reply("unavailable", str(exc))
         except Exception:
             log.exception("publish failed")
-            for index, _, _ in held:
+            for index, _, _, _ in held:
                 replies[index] = error_reply("internal", "the hub failed to publish; see its log")
         else:
             pos = 0
-            for index, items, single in held:
-                ids = [ev.id for ev in events[pos : pos + len(items)]]
-                pos += len(items)
-                replies[index] = {"ok": True, "id": ids[0]} if single else {"ok": True, "ids": ids}
+            for index, its, single, keys in held:
+                part = results[pos : pos + len(its)]
+                pos += len(its)
+                if keys is None:  # the hot path: no key, no duplicate
+                    replies[index] = {"ok": True, "id": part[0].id} if single else {"ok": True, "ids": [ev.id for ev in part]}
+                else:
+                    replies[index] = _reply(part, single)
         held.clear()
 
     async def _run_op(self, req: dict[str, Any]) -> dict[str, Any]:

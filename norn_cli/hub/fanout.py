@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from norn_cli.hub.brokers.base import Broker, Item, Unavailable
+from norn_cli.hub.brokers.base import Broker, Duplicate, Item, Unavailable
 from norn_cli.core.events import Event, EventId, Filter, dumps
 from norn_cli.core.wire import text_frame
 from norn_cli.hub.writer import FanoutWriter
@@ -128,6 +128,10 @@ class Hub:
         answers (the /api connection) flushes at once.
         """
         return await self.broker.publish(items)
+
+    async def publish_keyed(self, items: Sequence[Item], keys: Sequence[str | None]) -> list[Event | Duplicate]:
+        """`publish` with idempotency keys: an item whose key the broker already has is a Duplicate."""
+        return await self.broker.publish_keyed(items, keys)
 
     def deliver(self, events: Sequence[Event]) -> None:
         """Queue events for every matching member, in order (the broker calls this)."""

@@ -6,13 +6,19 @@ so a hub on the memory broker never loads the redis package.
 
 from __future__ import annotations
 
-from norn_cli.hub.brokers.base import Broker
+from norn_cli.hub.brokers.base import DEDUPE_WINDOW, Broker
 
 __all__ = ["open_broker"]
 
 
-def open_broker(url: str | None, *, history: int, stream: str = "norn:events") -> Broker:
+def open_broker(url: str | None, *, history: int, stream: str = "norn:events", dedupe_window: float = DEDUPE_WINDOW) -> Broker:
     """The broker for a `--broker` URL: memory when empty, Redis for redis(s)://."""
+    broker = _open(url, history=history, stream=stream)
+    broker.dedupe_window = dedupe_window
+    return broker
+
+
+def _open(url: str | None, *, history: int, stream: str) -> Broker:
     if not url or url == "memory":
         from norn_cli.hub.brokers.memory import MemoryBroker
 

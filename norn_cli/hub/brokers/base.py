@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from norn_cli.core.events import Event, EventId, Filter
 
-__all__ = ["Broker", "Deliver", "IdClock", "Item", "Receiver", "Replay", "Unavailable"]
+__all__ = [
+    "DEDUPE_WINDOW",
+    "Broker",
+    "Deliver",
+    "Duplicate",
+    "IdClock",
+    "Item",
+    "KeyWindow",
+    "Receiver",
+    "Replay",
+    "Unavailable",
+]
+
+DEDUPE_WINDOW = 600.0
+"""Seconds a publish key is remembered (`--dedupe-window`)."""
 
 Deliver = Callable[[Sequence[Event]], None]
 """Called by a broker with newly ordered events, in order, once each."""
@@ -41,6 +57,49 @@ class Receiver(Protocol):
         """Tell every live subscriber that events after `since` may be missing."""
 
 
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """In `publish_keyed`'s result: this item's key was already accepted; nothing was published.
+
+    `id` is the id of the event first published with the key.
+    """
+
+    id: str
+
+
+class KeyWindow:
+    """Keys accepted within the last `window` seconds and their events' ids, in one process.
+
+    Bounded twice: keys older than the window are forgotten, and beyond
+    `limit` keys the oldest are forgotten early (so under a flood the window
+    is shorter, never the memory larger).
+    """
+
+    __slots__ = ("_keys", "limit", "window")
+
+    def __init__(self, window: float = DEDUPE_WINDOW, limit: int = 100_000) -> None:
+        self.window = window
+        self.limit = limit
+        self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, key: str, now: float) -> str | None:
+        """The id first published with `key`, if within the window."""
+        hit = self._keys.get(key)
+        if hit is None or hit[1] <= now:
+            return None
+        return hit[0]
+
+    def add(self, key: str, event_id: str, now: float) -> None:
+        keys = self._keys
+        keys[key] = (event_id, now + self.window)
+        keys.move_to_end(key)
+        while keys and (len(keys) > self.limit or next(iter(keys.values()))[1] <= now):
+            keys.popitem(last=False)
+
+
 class Unavailable(Exception):
     """The broker cannot order events right now (e.g. Redis is down)."""
 
@@ -64,6 +123,10 @@ class Broker(abc.ABC):
     """
 
     name: str = "broker"
+    dedupe_window: float = DEDUPE_WINDOW
+    """Seconds a publish key is remembered; set before `start`."""
+    _key_window: KeyWindow | None = None
+    _key_lock: asyncio.Lock | None = None
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:
@@ -79,6 +142,54 @@ class Broker(abc.ABC):
 
         Raises Unavailable when the events could not be ordered.
         """
+
+    async def publish_keyed(self, items: Sequence[Item], keys: Sequence[str | None]) -> list[Event | Duplicate]:
+        """`publish`, except that an item whose key was accepted within `dedupe_window` is not published.
+
+        `keys[i]` is item i's key or None. The result has one entry per item:
+        its new Event, or `Duplicate(original id)`. A key repeated within
+        `items` is published once, at its first place; the later places are
+        duplicates of it. Checking the keys and appending the new events is
+        one atomic step for every hub sharing the broker, and a key is only
+        remembered together with its stored event.
+
+        This default remembers keys in this process (`KeyWindow`), which is
+        right for a broker only one hub writes to; a shared or durable broker
+        overrides it to keep the keys where it keeps the events.
+        """
+        if self._key_window is None or self._key_lock is None:
+            self._key_window, self._key_lock = KeyWindow(self.dedupe_window), asyncio.Lock()
+        window = self._key_window
+        async with self._key_lock:  # no other keyed publish between check and append
+            now = time.monotonic()
+            out: list[Event | Duplicate | None] = [None] * len(items)
+            first: dict[str, int] = {}
+            fresh: list[int] = []
+            for i, key in enumerate(keys):
+                if key is None:
+                    fresh.append(i)
+                    continue
+                seen = window.get(key, now)
+                if seen is not None:
+                    out[i] = Duplicate(seen)
+                elif key in first:
+                    out[i] = None  # filled in from its first place below
+                else:
+                    first[key] = i
+                    fresh.append(i)
+            events = await self.publish([items[i] for i in fresh]) if fresh else []
+            now = time.monotonic()
+            for i, ev in zip(fresh, events):
+                out[i] = ev
+                key = keys[i]
+                if key is not None:
+                    window.add(key, ev.id, now)
+            for i, key in enumerate(keys):
+                if out[i] is None and key is not None:
+                    original = out[first[key]]
+                    assert isinstance(original, Event)
+                    out[i] = Duplicate(original.id)
+        return [r for r in out if r is not None]
 
     @abc.abstractmethod
     async def replay(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:

@@ -39,7 +39,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from norn_cli.hub.brokers.base import Broker, Deliver, Item, Receiver, Replay, Unavailable
+from norn_cli.hub.brokers.base import Broker, Deliver, Duplicate, Item, Receiver, Replay, Unavailable
 from norn_cli.core.events import Event, EventId, Filter, dumps, format_id, now_ts
 
 __all__ = ["RedisBroker"]
@@ -63,6 +63,30 @@ for i = 2, #ARGV do
   ids[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
 end
 return ids
+"""
+
+_APPEND_KEYED = """
+-- KEYS[1]: the stream; ARGV[1]: MAXLEN ~; ARGV[2]: the dedupe window in ms; ARGV[3]: the prefix
+-- of the key strings; then pairs: a key ('' for none) and its event. Returns one reply per
+-- event: its new id, or '=' followed by the id first published with its key.
+local out = {}
+for i = 4, #ARGV, 2 do
+  local key = ARGV[i]
+  local seen = false
+  if key ~= '' then
+    seen = redis.call('GET', ARGV[3] .. key)
+  end
+  if seen then
+    out[#out + 1] = '=' .. seen
+  else
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i + 1])
+    if key ~= '' then
+      redis.call('SET', ARGV[3] .. key, id, 'PX', ARGV[2])
+    end
+    out[#out + 1] = id
+  end
+end
+return out
 """
 
 _Entry = tuple[bytes, Mapping[bytes, bytes]]
@@ -163,6 +187,8 @@ class RedisBroker(Broker):
         self._overruns = 0
         self._names: dict[bytes, str] = {}
         self._append = self._redis.register_script(_APPEND)
+        self._append_keyed = self._redis.register_script(_APPEND_KEYED)
+        self.key_prefix = f"{stream}:key:"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -386,6 +412,37 @@ class RedisBroker(Broker):
         except RedisError as exc:
             raise Unavailable(f"{self._explain(exc)}; nothing was published") from None
         return [_event(raw_id, t, a, body) for raw_id, (t, a, _), body in zip(ids, items, bodies)]
+
+    async def publish_keyed(self, items: Sequence[Item], keys: Sequence[str | None]) -> list[Event | Duplicate]:
+        """`publish`, with the keys checked and remembered by the same script that appends.
+
+        Each key is a string `<stream>:key:<key>` holding the id, expiring
+        after the dedupe window, so every hub on this Redis shares the window
+        and Redis bounds it by time.
+        """
+        if self._problem is not None:
+            raise Unavailable(f"{self._problem}; nothing was published, try again when the hub is healthy")
+        if not items:
+            return []
+        bodies = [dumps({"type": t, "appId": a, "payload": p}) for t, a, p in items]
+        args: list[Any] = [self._maxlen, max(1, int(self.dedupe_window * 1000)), self.key_prefix]
+        for key, body in zip(keys, bodies):
+            args.append(key or "")
+            args.append(body)
+        try:
+            replies = cast(list[bytes], await self._append_keyed(keys=[self.stream], args=args))
+        except _LOST as exc:
+            self._lost(exc)
+            raise Unavailable(f"{self._problem}; the publish was not acknowledged") from None
+        except RedisError as exc:
+            raise Unavailable(f"{self._explain(exc)}; nothing was published") from None
+        out: list[Event | Duplicate] = []
+        for raw, (t, a, _), body in zip(replies, items, bodies):
+            if raw.startswith(b"="):
+                out.append(Duplicate(raw[1:].decode()))
+            else:
+                out.append(_event(raw, t, a, body))
+        return out
 
     # ------------------------------------------------------------ replay
 

@@ -1,0 +1,252 @@
+"""The kill drill: hubs killed under a publisher and subscribers behind haproxy; nothing lost, nothing doubled.
+
+Real processes only: redis-server, three `norn serve --broker redis://...`
+hubs, haproxy in front (round-robin, health-checked on /healthz), one
+`norn emit --stream --file -` fed at a steady rate and three
+`norn tail --json`. Meanwhile a random hub is killed with SIGKILL every 2
+seconds and started again, 10 times. The 2-second cadence and the feeder's
+rate are the drill's schedule, not waits for anything to settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from conftest import TIMEOUT, norn_argv, norn_env
+from test_redis_broker import RedisProcess, free_port
+
+if shutil.which("haproxy") is None and os.environ.get("NORN_REQUIRE_HAPROXY") == "1":
+    raise RuntimeError("NORN_REQUIRE_HAPROXY=1 but haproxy is not on PATH")
+if shutil.which("redis-server") is None and os.environ.get("NORN_REQUIRE_REDIS") == "1":
+    raise RuntimeError("NORN_REQUIRE_REDIS=1 but redis-server is not on PATH")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.redis,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH"),
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not on PATH (apt-get install haproxy)"),
+    pytest.mark.timeout(300),
+]
+
+EVENTS = 20_000
+KILLS = 10
+EVERY = 2.0  # seconds between kills
+RATE = 800  # events/s offered by the feeder: 25 s of input, longer than the 20 s of kills
+SUBSCRIBERS = 3
+STREAM = "norn:drill"
+
+HAPROXY_CFG = """\
+global
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend norn
+    bind 127.0.0.1:{port}
+    default_backend hubs
+backend hubs
+    balance roundrobin
+    option httpchk GET /healthz
+    default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 1
+{servers}
+"""
+
+
+class Hub:
+    """One `norn serve` process on a fixed port, killed and started again in place."""
+
+    def __init__(self, n: int, redis_url: str, logs: Path) -> None:
+        self.n = n
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.logs = logs
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        log = (self.logs / f"hub{self.n}.{self.starts}.log").open("wb")
+        self.proc = await asyncio.create_subprocess_exec(
+            *norn_argv("serve", "--port", str(self.port), "--broker", self.redis_url, "--redis-stream", STREAM),
+            stdout=log, stderr=asyncio.subprocess.PIPE, env=norn_env(),
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(TIMEOUT):
+            while b"norn hub listening" not in (line := await self.proc.stderr.readline()):
+                assert line, f"hub {self.n} exited before listening"
+        asyncio.get_running_loop().create_task(_copy(self.proc.stderr, log))
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(TIMEOUT):
+            await self.proc.wait()
+
+
+async def _copy(src: asyncio.StreamReader, dst: IO[bytes]) -> None:
+    while data := await src.read(65536):
+        dst.write(data)
+    dst.close()
+
+
+async def _lines(stream: asyncio.StreamReader, into: list[str]) -> None:
+    while raw := await stream.readline():
+        into.append(raw.decode().rstrip("\n"))
+
+
+async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    servers = "\n".join(f"    server hub{h.n} 127.0.0.1:{h.port} check" for h in hubs)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            "haproxy", "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    async with asyncio.timeout(TIMEOUT):
+        while True:  # each try is a real request through haproxy to a hub
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)  # haproxy has not bound its port yet
+                continue
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: drill\r\n\r\n")
+            head = await reader.read()
+            writer.close()
+            if head.startswith(b"HTTP/1.1 200"):
+                return proc, port
+
+
+async def test_kill_a_hub_every_2s_behind_haproxy_nothing_lost_nothing_doubled(tmp_path: Path) -> None:
+    """20,000 events through haproxy while hubs are killed: emit gets 20,000 distinct ids, every tail the same 20,000 in one order."""
+    redis = await RedisProcess(free_port(), tmp_path).start()
+    hubs = [Hub(n, redis.url, tmp_path) for n in range(3)]
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for h in hubs:
+            await h.start()
+        haproxy, lb_port = await _start_haproxy(tmp_path, hubs)
+        procs.append(haproxy)
+        url = f"ws://127.0.0.1:{lb_port}"
+
+        tails: list[tuple[asyncio.subprocess.Process, list[str], list[str]]] = []
+        for _ in range(SUBSCRIBERS):
+            p = await asyncio.create_subprocess_exec(
+                *norn_argv("--url", url, "tail", "--json", "--count", str(EVENTS), "--app", "drill"),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=norn_env(),
+            )  # fmt: skip
+            procs.append(p)
+            assert p.stdout is not None and p.stderr is not None
+            out: list[str] = []
+            err: list[str] = []
+            asyncio.get_running_loop().create_task(_lines(p.stdout, out))
+            asyncio.get_running_loop().create_task(_lines(p.stderr, err))
+            tails.append((p, out, err))
+        # A tail is subscribed once the hub holds its connection: ask each hub's status until 3 clients in all.
+        async with asyncio.timeout(TIMEOUT):
+            while sum([await _clients(h.port) for h in hubs]) < SUBSCRIBERS:
+                await asyncio.sleep(0.05)  # poll with real requests; nothing waits for time alone
+
+        emit = await asyncio.create_subprocess_exec(
+            *norn_argv("--url", url, "emit", "--file", "-", "--stream", "--json"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=norn_env(),
+        )  # fmt: skip
+        procs.append(emit)
+        assert emit.stdout is not None and emit.stderr is not None and emit.stdin is not None
+        acks: list[str] = []
+        emit_err: list[str] = []
+        readers = [
+            asyncio.ensure_future(_lines(emit.stdout, acks)),
+            asyncio.ensure_future(_lines(emit.stderr, emit_err)),
+        ]
+
+        async def feed() -> None:
+            assert emit.stdin is not None
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            chunk = RATE // 20
+            for first in range(0, EVENTS, chunk):
+                lines = "".join(
+                    json.dumps({"type": "drill.tick", "appId": "drill", "payload": {"n": n}}) + "\n"
+                    for n in range(first, min(first + chunk, EVENTS))
+                )
+                emit.stdin.write(lines.encode())
+                await emit.stdin.drain()
+                await asyncio.sleep(max(0.0, start + (first + chunk) / RATE - loop.time()))  # the steady rate
+            emit.stdin.close()
+
+        async def killer() -> list[int]:
+            killed = []
+            rng = random.Random()
+            for _ in range(KILLS):
+                await asyncio.sleep(EVERY)  # the drill's cadence
+                h = rng.choice(hubs)
+                await h.kill()
+                await h.start()
+                killed.append(h.n)
+            return killed
+
+        async with asyncio.timeout(EVENTS / RATE + TIMEOUT * 4):
+            killed, _ = await asyncio.gather(killer(), feed())
+            code = await emit.wait()
+            await asyncio.gather(*readers)
+            tail_codes = [await p.wait() for p, _, _ in tails]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        for h in hubs:
+            if h.proc is not None and h.proc.returncode is None:
+                await h.kill()
+        await redis.stop()
+
+    assert code == 0, emit_err[-5:]
+    replies = [json.loads(line) for line in acks]
+    ids = [r["id"] for r in replies]
+    assert len(ids) == EVENTS and len(set(ids)) == EVENTS
+    duplicates = sum(1 for r in replies if r.get("duplicate"))
+    reconnects = sum(1 for line in emit_err if "reconnected to" in line)
+    for (_, out, err), tail_code in zip(tails, tail_codes):
+        assert tail_code == 0, err[-5:]
+        envs = [json.loads(line) for line in out]
+        assert [e["id"] for e in envs] == ids  # exactly these events, each once, in one order
+        assert [e["payload"]["n"] for e in envs] == list(range(EVENTS))
+    tail_reconnects = [sum(1 for line in err if "reconnected to" in line) for _, _, err in tails]
+    print(
+        f"\ndrill: {EVENTS} events, hubs killed {len(killed)} times ({killed}); emit: exit {code}, "
+        f"{len(set(ids))} distinct ids, {duplicates} duplicates absorbed by keys, {reconnects} reconnects; "
+        f"tails: {[len(out) for _, out, _ in tails]} events each, identical order, reconnects {tail_reconnects}"
+    )
+    assert len(killed) == KILLS
+
+
+async def _clients(port: int) -> int:
+    """A hub's subscriber count from /healthz (0 while it cannot answer)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: drill\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    _, _, body = data.decode().partition("\r\n\r\n")
+    try:
+        health: dict[str, Any] = json.loads(body)
+    except ValueError:
+        return 0
+    return int(health.get("clients", 0))
