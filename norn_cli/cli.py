@@ -645,3 +645,29 @@ def _frame_writer(settings: Settings, as_json: bool, template: str | None) -> Ca
 def main() -> None:
     """Console-script entry point."""
     norn(prog_name="norn")
+
+
+# ---------------------------------------------------------------- completion
+
+
+@norn.command()
+@click.argument("shell", metavar="SHELL", type=click.Choice(("bash", "zsh", "fish")))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL, from the installed Click.
+
+    The script calls `norn` itself to complete, so commands and options stay
+    current and `--app` offers the apps among the hub's recent events.
+
+    \b
+    Examples:
+      source <(norn completion bash)                # in ~/.bashrc
+      norn completion zsh > ~/.zfunc/_norn          # with fpath+=~/.zfunc before compinit
+      norn completion fish > ~/.config/fish/completions/norn.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    shell_complete = get_completion_class(shell)
+    assert shell_complete is not None  # Click ships all three
+    # The script `_NORN_COMPLETE={shell}_source norn` prints (Click's default name for the variable),
+    # written as bytes like Click does, so that Windows does not turn its LFs into CRLFs.
+    click.echo(shell_complete(norn, {}, "norn", "_NORN_COMPLETE").source().encode(), nl=False)
