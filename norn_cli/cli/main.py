@@ -7,6 +7,7 @@ import click
 from norn_cli import __version__
 from norn_cli.cli.bench import bench
 from norn_cli.cli.common import global_option_params
+from norn_cli.cli.completion import completion
 from norn_cli.cli.events import emit, tail
 from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
 from norn_cli.cli.serve import serve
@@ -48,7 +49,7 @@ def norn() -> None:
 
 
 norn.params[:0] = global_option_params()
-for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail):
+for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail, completion):
     norn.add_command(command)
 
 
