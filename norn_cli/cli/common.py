@@ -34,7 +34,11 @@ class Settings:
 
 
 def stderr(message: str) -> None:
-    click.echo(message, err=True)
+    """A line for people; when stderr cannot be written (closed, /dev/full) it is dropped."""
+    try:
+        click.echo(message, err=True)
+    except (OSError, ValueError):
+        pass
 
 
 def fail(message: str, code: int) -> NoReturn:
