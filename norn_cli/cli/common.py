@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # asyncio and friends load only when a command needs them
 
     from norn_cli.client.endpoint import Endpoint
 
-__all__ = ["Settings", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
+__all__ = ["Duration", "Settings", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
 
 T = TypeVar("T")
 
@@ -31,6 +31,22 @@ class Settings:
     cafile: str | None
     verbose: int
     no_color: bool
+
+
+class Duration(click.ParamType):
+    """A duration option: `10s`, `2m`, `1h30m`, `250ms` or a number of seconds; the value is seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        from norn_cli.core.durations import parse_duration
+
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def stderr(message: str) -> None:
