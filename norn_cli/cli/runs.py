@@ -7,17 +7,22 @@ from typing import Any, NoReturn
 
 import click
 
-from norn_cli.cli.common import Settings, hub_endpoint, run, stderr
+from norn_cli.cli.common import Duration, Settings, hub_endpoint, run, stderr
 from norn_cli.core.kinds import RUN_KINDS, Kind
 from norn_cli.core.errors import ExitCode
 
 __all__ = ["RUN_COMMANDS", "demo", "watch"]
 
 _JSON_HELP = "The run's events as NDJSON on stdout, nothing else."
+_TIMEOUT_HELP = "Give up waiting for the run's end after this long (10s, 2m, 1h30m): exit 5, the run goes on at the hub."
+
+
+def _timeout_option() -> click.Option:
+    return click.Option(["--timeout"], type=Duration(), default=None, metavar="DURATION", help=_TIMEOUT_HELP)
 
 
 def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool, *,
-              attach: bool = False, run_id: str | None = None) -> NoReturn:  # fmt: skip
+              attach: bool = False, run_id: str | None = None, timeout: float | None = None) -> NoReturn:  # fmt: skip
     """Start (or find) a run, show it live, exit 0 when it completed and 1 when it failed."""
     from norn_cli.client import watch as watching
     from norn_cli.render.pipeline_view import make_view
@@ -26,10 +31,10 @@ def _show_run(settings: Settings, request: dict[str, Any] | None, as_json: bool,
     hub, token, cafile = hub_endpoint(settings), settings.token, settings.cafile
     if request is None:
         assert run_id is not None
-        state = run(watching.watch(hub, run_id, view, token=token, cafile=cafile))
+        state = run(watching.watch(hub, run_id, view, token=token, cafile=cafile, timeout=timeout))
     else:
         request = {k: v for k, v in request.items() if v is not None}
-        state = run(watching.follow(hub, request, view, attach=attach, token=token, cafile=cafile))
+        state = run(watching.follow(hub, request, view, attach=attach, token=token, cafile=cafile, timeout=timeout))
     sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
 
 
@@ -37,14 +42,16 @@ def run_command(kind: Kind) -> click.Command:
     """The `norn KIND APP [REF|TAG]` command: one definition for every pipeline kind."""
 
     @click.pass_obj
-    def callback(settings: Settings, app: str, attach: bool, as_json: bool, **arg: str | None) -> None:
+    def callback(
+        settings: Settings, app: str, attach: bool, as_json: bool, timeout: float | None, **arg: str | None
+    ) -> None:
         value = arg.get(kind.arg) if kind.arg else None
         if kind.arg_required and value is None and not attach:
             raise click.UsageError(f"{kind.name} needs a {kind.arg.upper() if kind.arg else 'value'} (or --attach)")
         request: dict[str, Any] = {"op": kind.name, "app": app}
         if kind.arg:
             request[kind.arg] = value
-        _show_run(settings, request, as_json, attach=attach)
+        _show_run(settings, request, as_json, attach=attach, timeout=timeout)
 
     params: list[click.Parameter] = [click.Argument(["app"])]
     if kind.arg:
@@ -52,6 +59,7 @@ def run_command(kind: Kind) -> click.Command:
     params += [
         click.Option(["--attach"], is_flag=True, help="Watch the app's latest run of this kind instead of starting one."),
         click.Option(["--json", "as_json"], is_flag=True, help=_JSON_HELP),
+        _timeout_option(),
     ]
     return click.Command(
         kind.name, callback=callback, params=params,
@@ -65,15 +73,16 @@ RUN_COMMANDS = [run_command(kind) for kind in RUN_KINDS]
 @click.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option("--timeout", type=Duration(), default=None, metavar="DURATION", help=_TIMEOUT_HELP)
 @click.pass_obj
-def watch(settings: Settings, run_id: str, as_json: bool) -> None:
+def watch(settings: Settings, run_id: str, as_json: bool, timeout: float | None) -> None:
     """Attach to a run in progress or finished: replay it, then follow it live.
 
     \b
     Example:
       norn watch 3fa9c2e1b7d4
     """
-    _show_run(settings, None, as_json, run_id=run_id)
+    _show_run(settings, None, as_json, run_id=run_id, timeout=timeout)
 
 
 @click.command()
