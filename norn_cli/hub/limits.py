@@ -20,7 +20,9 @@ import logging
 import resource
 from collections import Counter
 
-__all__ = ["HEADROOM_MIN", "RETRY_AFTER", "Limits", "default_max_connections", "fd_limit", "headroom"]
+__all__ = [
+    "HEADROOM_MIN", "RETRY_AFTER", "Limits", "default_max_connections", "fd_limit", "headroom", "raise_fd_limit",
+]  # fmt: skip
 
 log = logging.getLogger("norn.server")
 
@@ -32,6 +34,17 @@ def fd_limit() -> int:
     """The soft RLIMIT_NOFILE of this process (a large number when unlimited)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return fd_limit()
 
 
 def headroom(nofile: int) -> int:
@@ -63,11 +76,23 @@ class Limits:
         max_per_ip: int = 0,
     ) -> None:
         nofile = fd_limit()
+        ceiling = default_max_connections(nofile)
         self.handshake_timeout = handshake_timeout
-        self.max_connections = default_max_connections(nofile) if max_connections is None else max_connections
+        self.max_connections = ceiling if max_connections is None else max_connections
+        if self.max_connections > ceiling:
+            # Above it the hub would run out of descriptors at accept (EMFILE), where asyncio's
+            # loop spins logging the error up to `backlog` times per wakeup (CPython 3.11).
+            log.warning(
+                "max connections %d is more than the file-descriptor limit (%d) allows; using %d "
+                "(raise the limit with ulimit -n)", self.max_connections, nofile, ceiling,
+            )  # fmt: skip
+            self.max_connections = ceiling
         self.max_per_ip = max_per_ip
         # TCP connections beyond this are closed at accept: the cap plus room for handshakes.
         self.hard_limit = self.max_connections + headroom(nofile) // 2
+        # The listen backlog is also how many connections asyncio's loop accepts in one go, before
+        # any of them is counted: no more than the room for handshakes, so a burst cannot reach EMFILE.
+        self.backlog = min(4096, max(16, headroom(nofile) // 2))
         self.upgraded = 0  # WebSocket connections counted against max_connections
         self.per_ip: Counter[str] = Counter()
         self.handshake_timeouts = 0

@@ -139,7 +139,7 @@ class HubServer:
         try:
             self._server = await self._loop.create_server(
                 lambda: Connection(self), self.host, self.port, ssl=self.ssl_context,
-                reuse_address=True, backlog=4096,
+                reuse_address=True, backlog=self.limits.backlog,
                 ssl_handshake_timeout=(self.limits.handshake_timeout or None) if self.ssl_context else None,
             )  # fmt: skip
         except OSError as exc:
