@@ -26,4 +26,3 @@ _norn_completion_setup() {
 }
 
 _norn_completion_setup;
-
