@@ -71,8 +71,8 @@ class Hub:
 
 
 @contextmanager
-def hub(*args: str, nofile: int | None = None, **env: str) -> Iterator[Hub]:
-    h = Hub("serve", "--port", "0", *args, nofile=nofile, **env)
+def hub(*args: str, nofile: int | None = None, verbose: bool = False, **env: str) -> Iterator[Hub]:
+    h = Hub(*(["-v"] if verbose else []), "serve", "--port", "0", *args, nofile=nofile, **env)
     try:
         yield h
     finally:
@@ -133,7 +133,7 @@ async def test_5000_half_open_handshakes_are_closed_while_a_subscriber_misses_no
     """5,000 connections sending half a request line (and 100 sending nothing) are all closed at the
     handshake timeout; a healthy subscriber gets every event and /healthz answers throughout."""
     timeout = 2.0
-    with hub("--handshake-timeout", f"{timeout:g}s") as h:
+    with hub("--handshake-timeout", f"{timeout:g}s", verbose=True) as h:
         loop = asyncio.get_running_loop()
         async with connect(f"ws://127.0.0.1:{h.port}/ws?app=drill", open_timeout=TIMEOUT) as sub:
             flood_done = asyncio.Event()
@@ -177,6 +177,12 @@ async def test_5000_half_open_handshakes_are_closed_while_a_subscriber_misses_no
         assert max(lifetimes) < timeout + 5  # and soon after it
         assert m["norn_handshake_timeouts_total"] == 5100
         assert len(health) >= 1
+        h.stop()
+        # -v: at most one summary line a second (and one at shutdown), together counting every one of them.
+        summaries = [line for line in h.log if "did not complete the handshake" in line]
+        stamps = [line[:19] for line in summaries[:-1]]  # "YYYY-MM-DD HH:MM:SS"
+        assert len(stamps) == len(set(stamps)), summaries
+        assert sum(int(line.split("closed ", 1)[1].split()[0]) for line in summaries) == 5100, summaries
 
 
 async def test_the_cap_answers_503_and_recovers_when_clients_leave() -> None:

@@ -144,6 +144,10 @@ class Limits:
             self._log_armed = True
             loop.call_later(1.0, self._flush_log)
 
+    def flush_log(self) -> None:
+        """Log what is not logged yet (the server calls this at shutdown)."""
+        self._flush_log()
+
     def _flush_log(self) -> None:
         self._log_armed = False
         n, self._unlogged = self._unlogged, 0

@@ -177,6 +177,7 @@ class HubServer:
                 pass
         for conn in list(self.conns):
             conn.abort()
+        self.limits.flush_log()
         await self.broker.close()
         self.writer.close()
 
