@@ -73,3 +73,33 @@ def test_emit_and_tail_against_a_hub_survive_closed_and_full_streams() -> None:
         _check(["--url", hub.url, "tail", "--last", "1", "--count", "1", "--json"], 0, True)
     finally:
         hub.stop()
+
+
+@pytest.mark.parametrize("redirect", ["<&-", ">&-", ">/dev/full"])
+def test_serve_with_a_closed_stream_serves_and_stops_cleanly(redirect: str) -> None:
+    """`norn serve <&-` (as under a service manager) serves an emit and exits 0 on SIGTERM."""
+    import signal
+
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {shlex.join(norn_argv('serve', '--port', '0'))} {redirect}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=norn_env(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        url = banner.split("listening on ", 1)[1].split(" ", 1)[0]
+        res = _run(["--url", url, "emit", "deploy.step", "--app", "a", "-p", "step=x", "-p", "status=y"], "<&-")
+        assert res.returncode == 0, res.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "Assertion" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_demo_survives_closed_and_full_streams() -> None:
+    """`norn demo` (an embedded hub and a run) under each closed or full stream."""
+    _check(["demo", "--json"], 0, True)
