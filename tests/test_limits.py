@@ -92,3 +92,21 @@ async def test_per_ip_cap_counts_loopback() -> None:
             pass
         _, _, body = await http_get(srv.port, "/metrics")
         assert 'norn_connections_refused_total{reason="per_ip"} 1' in body.decode()
+
+
+def test_the_hub_raises_its_soft_fd_limit_to_the_hard_one() -> None:
+    """A hub started with a soft RLIMIT_NOFILE of 256 (hard higher) derives its cap from the hard limit."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    code = "from norn_cli.hub.limits import Limits; import resource; l = Limits(); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], l.max_connections)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )  # fmt: skip
+    soft, cap = map(int, out.stdout.split())
+    assert soft == hard and cap == default_max_connections(hard), out.stderr

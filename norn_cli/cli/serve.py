@@ -138,10 +138,6 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
 
-    from norn_cli.hub.limits import raise_fd_limit
-
-    raise_fd_limit()  # the default --max-connections follows the descriptors the process may open
-
     async def serve_until_signalled() -> None:
         ssl_context = server.tls_context(certfile, keyfile) if certfile else None
         srv = server.HubServer(

@@ -5,7 +5,9 @@ its HTTP request and WebSocket upgrade (or to be answered and gone, for
 plain HTTP); one `loop.call_later` per connection, cancelled at the upgrade,
 closes it otherwise. Idle TCP connections that never send a byte count too.
 
-Upgrades beyond `max_connections` WebSocket connections (or beyond
+The hub first raises its soft RLIMIT_NOFILE to the hard limit (as Go's
+runtime does), then derives its caps from it. Upgrades beyond
+`max_connections` WebSocket connections (or beyond
 `max_per_ip` from one address, when set) are answered `503` with
 `Retry-After`; plain HTTP (`/healthz`, `/metrics`) is still answered. A TCP
 connection beyond the *hard* ceiling (the cap plus the headroom kept for
@@ -75,7 +77,7 @@ class Limits:
         max_connections: int | None = None,
         max_per_ip: int = 0,
     ) -> None:
-        nofile = fd_limit()
+        nofile = raise_fd_limit()
         ceiling = default_max_connections(nofile)
         self.handshake_timeout = handshake_timeout
         self.max_connections = ceiling if max_connections is None else max_connections
