@@ -185,19 +185,24 @@ class Duration(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         from norn_cli.core.durations import parse_duration
 
-        if isinstance(value, float):
-            return value
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
         if self.positive and seconds <= 0:
             self.fail(f"{value!r} is not a duration: expected more than 0", param, ctx)
         return seconds
 
 
 def stderr(message: str) -> None:
-    click.echo(message, err=True)
+    """A line for people; when stderr cannot be written (closed, /dev/full) it is dropped."""
+    try:
+        click.echo(message, err=True)
+    except (OSError, ValueError):
+        pass
 
 
 def fail(message: str, code: int) -> NoReturn:

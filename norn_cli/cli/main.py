@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from norn_cli import __version__
 from norn_cli.cli.bench import bench
-from norn_cli.cli.common import global_option_params
+from norn_cli.cli.common import global_option_params, stderr
 from norn_cli.cli.completion import completion
 from norn_cli.cli.events import emit, tail
 from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
 from norn_cli.cli.serve import serve
-from norn_cli.core.errors import EXIT_CODE_HELP
+from norn_cli.cli.streams import ensure_standard_fds, finish_output, output_error, silence
+from norn_cli.core.errors import EXIT_CODE_HELP, ExitCode
 
 __all__ = ["main", "norn"]
 
@@ -54,5 +57,31 @@ for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail, completion
 
 
 def main() -> None:
-    """Console-script entry point."""
-    norn(prog_name="norn")
+    """Console-script entry point: standard fds first, and output failures as one line (exit 1)."""
+    ensure_standard_fds()  # before any socket can be given fd 0, 1 or 2
+    code: int | str | None = 0
+    try:
+        code = norn.main(prog_name="norn", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    except click.ClickException as exc:  # shown here, so an unwritable stderr keeps its exit code
+        try:
+            exc.show()
+        except (OSError, ValueError):
+            pass
+        code = exc.exit_code
+    except click.Abort:
+        stderr("Aborted!")
+        code = int(ExitCode.FAILED)
+    except BrokenPipeError:  # the reader of stdout left (`| head -1`): end quietly
+        silence(1)
+        code = 0
+    except OSError as exc:  # stdout on /dev/full and the like, mid-command
+        silence(1)
+        stderr(f"norn: {output_error(exc)}")
+        code = int(ExitCode.FAILED)
+    problem = finish_output()
+    if problem is not None and code in (0, None):
+        stderr(f"norn: {problem}")
+        code = int(ExitCode.FAILED)
+    sys.exit(code)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from norn_cli.cli.common import NornCommand, Settings, fail, run, stderr, with_global_options
+from norn_cli.cli.common import Duration, NornCommand, Settings, fail, run, stderr, with_global_options
 from norn_cli.core.errors import NornError
 
 __all__ = ["serve"]
@@ -55,6 +55,10 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--port", envvar="NORN_PORT", type=click.IntRange(0, 65535), default=8800, show_default=True, help="Port (0: any free port) [env NORN_PORT].")
 @click.option("--token", "serve_token", envvar="NORN_TOKEN", default=None, help="Require this bearer token on /api [env NORN_TOKEN].")
 @click.option(
+    "--token-file", type=click.Path(dir_okay=False), envvar="NORN_TOKEN_FILE", default=None, metavar="PATH",
+    help="Read the /api token from this file's first line, so it stays out of `ps` [env NORN_TOKEN_FILE].",
+)  # fmt: skip
+@click.option(
     "--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN", type=_Origins(), envvar="NORN_ALLOWED_ORIGINS",
     help="A browser origin allowed besides localhost (repeatable) [env NORN_ALLOWED_ORIGINS, comma-separated].",
 )  # fmt: skip
@@ -70,6 +74,18 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--dedupe-window", type=click.IntRange(1), default=600, show_default=True, envvar="NORN_DEDUPE_WINDOW", metavar="SECONDS",
     help="How long a publish key is remembered: a repeat within it publishes nothing [env NORN_DEDUPE_WINDOW].",
 )  # fmt: skip
+@click.option(
+    "--handshake-timeout", type=Duration(positive=False), default="10s", show_default=True, envvar="NORN_HANDSHAKE_TIMEOUT",
+    help="Close a connection that has not completed its request and upgrade by then (0: never) [env NORN_HANDSHAKE_TIMEOUT].",
+)  # fmt: skip
+@click.option(
+    "--max-connections", type=click.IntRange(1), default=None, envvar="NORN_MAX_CONNECTIONS", metavar="N",
+    help="WebSocket connections before new upgrades get 503 (default: the file-descriptor limit minus max(64, limit/8)) [env NORN_MAX_CONNECTIONS].",
+)  # fmt: skip
+@click.option(
+    "--max-connections-per-ip", type=click.IntRange(0), default=0, envvar="NORN_MAX_CONNECTIONS_PER_IP", metavar="N",
+    help="WebSocket connections per client address, loopback included (0: no limit) [env NORN_MAX_CONNECTIONS_PER_IP].",
+)  # fmt: skip
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.pass_context
@@ -78,6 +94,7 @@ def serve(
     host: str,
     port: int,
     serve_token: str | None,
+    token_file: str | None,
     allowed_origins: tuple[str, ...],
     history: int,
     queue_size: int,
@@ -87,6 +104,9 @@ def serve(
     dedupe_window: int,
     certfile: str | None,
     keyfile: str | None,
+    handshake_timeout: float,
+    max_connections: int | None,
+    max_connections_per_ip: int,
 ) -> None:
     """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics.
 
@@ -110,6 +130,18 @@ def serve(
     config: Config = ctx.meta.get("norn.config") or Config()
     if keyfile and not certfile:
         raise click.UsageError("--keyfile needs --certfile")
+    token = serve_token or settings.token
+    if token_file:
+        if token:
+            raise click.UsageError("give --token (or NORN_TOKEN) or --token-file, not both")
+        from norn_cli.core.secrets import read_token_file
+
+        try:
+            token, warning = read_token_file(token_file)
+        except NornError as exc:
+            fail(exc.message, int(exc.exit_code))
+        if warning:
+            stderr(f"norn: warning: {warning}")
     try:
         the_broker = open_broker(broker, history=history, stream=redis_stream, dedupe_window=dedupe_window)
     except ValueError as exc:
@@ -118,7 +150,8 @@ def serve(
     async def serve_until_signalled() -> None:
         ssl_context = server.tls_context(certfile, keyfile) if certfile else None
         srv = server.HubServer(
-            host=host, port=port, broker=the_broker, token=serve_token or settings.token,
+            host=host, port=port, broker=the_broker, token=token, handshake_timeout=handshake_timeout,
+            max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
             allowed_origins=parse_origins(allowed_origins), queue_size=queue_size, history=history,
             ssl_context=ssl_context, fanout_threads=fanout_threads,
         )  # fmt: skip

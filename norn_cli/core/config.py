@@ -33,6 +33,7 @@ SERVE_KEYS: dict[str, type] = {
     "host": str, "port": int, "token": str, "allowed_origins": list, "history": int,
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
     "dedupe_window": int,
+    "token_file": str, "handshake_timeout": str, "max_connections": int, "max_connections_per_ip": int,
 }  # fmt: skip
 
 
@@ -115,6 +116,14 @@ def _parse_serve(where: _Where, base: Path, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise where.error("serve", "must be a table, like [serve]")
     _no_unknown(where, "serve", body, frozenset(SERVE_KEYS))
+    timeout = body.get("handshake_timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        body = {**body, "handshake_timeout": str(timeout)}  # seconds, or a duration string like "10s"
+    if isinstance(body.get("handshake_timeout"), str):
+        try:
+            parse_duration(body["handshake_timeout"])
+        except ValueError as exc:
+            raise where.error("serve.handshake_timeout", str(exc)) from None
     out: dict[str, Any] = {}
     for name, kind in SERVE_KEYS.items():
         value = _get(where, "serve", body, name, kind, None)
@@ -132,7 +141,7 @@ def _parse_serve(where: _Where, base: Path, body: Any) -> dict[str, Any]:
             raise where.error("serve.fanout_threads", f"must be from 0 to 16, got {value!r}")
         if name == "allowed_origins" and not all(isinstance(o, str) for o in value):
             raise where.error("serve.allowed_origins", "must be an array of strings")
-        if name in ("certfile", "keyfile"):
+        if name in ("certfile", "keyfile", "token_file"):
             value = str(base / value)
         out[name] = value
     return out

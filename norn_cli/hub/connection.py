@@ -27,6 +27,7 @@ from norn_cli.core.wire import text_frame
 from norn_cli.hub.api import Api
 from norn_cli.hub.fanout import Hub, Member
 from norn_cli.hub.frames import PING, TEXT, parse_frames
+from norn_cli.hub.limits import RETRY_AFTER, Limits
 from norn_cli.hub.routing import Refuse, Route, Subscribe, RequestHeaders
 
 __all__ = ["Connection", "Host"]
@@ -36,7 +37,10 @@ _ws_log = logging.getLogger("norn.ws")  # websockets' own chatter, quiet unless 
 
 WRITE_HIGH_WATER = 64 * 1024
 _PENDING_REQUESTS = 256  # pipelined /api requests held before we stop reading
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required"}
+_REASONS = {
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
+    503: "Service Unavailable",
+}  # fmt: skip
 
 
 class Host(Protocol):
@@ -47,6 +51,7 @@ class Host(Protocol):
     max_size: int
     close_timeout: float
     tls: bool
+    limits: Limits
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -61,7 +66,8 @@ class Host(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
-    def opened(self, conn: Connection) -> None: ...
+    def opened(self, conn: Connection) -> bool:
+        """Track a new connection; False when it must be closed at once (over the hard limit)."""
 
     def closed(self, conn: Connection) -> None: ...
 
@@ -84,7 +90,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "srv", "transport", "proto", "kind", "member", "seen", "ping_due", "requests",
         "wake", "worker", "fragments", "paused_reading", "closing", "peer", "fast", "inbuf", "need",
-        "fd", "held", "busy",
+        "fd", "held", "busy", "timer", "counted",
     )  # fmt: skip
 
     def __init__(self, srv: Host) -> None:
@@ -108,6 +114,8 @@ class Connection(asyncio.Protocol):
         self.fd = -1  # the socket, for the hub's direct writes (never under TLS)
         self.held: bytearray | None = None  # /api bytes for websockets, waiting behind requests
         self.busy = False  # the /api worker is answering a burst
+        self.timer: asyncio.TimerHandle | None = None  # the handshake deadline
+        self.counted: str | None = None  # the peer host, once counted against the connection caps
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -119,7 +127,12 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and not self.srv.tls:
             self.fd = sock.fileno()
-        self.srv.opened(self)
+        if not self.srv.opened(self):
+            self.abort()  # over the hard limit: keep descriptors for the hub and its clients
+            return
+        timeout = self.srv.limits.handshake_timeout
+        if timeout > 0:
+            self.timer = self.srv.loop.call_later(timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         self.seen = True
@@ -164,6 +177,12 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fd = -1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.counted is not None:
+            self.srv.limits.release(self.counted)
+            self.counted = None
         if self.member is not None:
             self.srv.hub.leave(self.member)
             log.info("subscriber %s disconnected", self.peer)
@@ -235,6 +254,22 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # a no-op once the connection is gone
 
+    def _handshake_expired(self) -> None:
+        """No upgrade in time (a slow or idle client, or one not reading its answer): drop it."""
+        self.timer = None
+        if self.kind or self.transport is None:
+            return
+        self.srv.limits.timed_out(self.srv.loop)
+        self.abort()
+
+    def _upgraded(self) -> None:
+        """The handshake is complete: stop its deadline, count the connection against the caps."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.counted = self.peer_host()
+        self.srv.limits.admit(self.counted)
+
     def keepalive(self) -> None:
         """Called every ping interval: close a WebSocket peer that did not answer
         the last ping (1011), else ping it."""
@@ -260,6 +295,10 @@ class Connection(asyncio.Protocol):
     def _on_request(self, req: Request) -> None:
         srv = self.srv
         decision = srv.route(req.path, req.headers, self.peer_host())
+        if isinstance(decision, Subscribe) or decision == "api":
+            full = srv.limits.refusal(self.peer_host())
+            if full is not None:
+                decision = Refuse(503, full)
         if isinstance(decision, Refuse):
             if decision.status in (401, 403):
                 log.info("refused %s from %s: %s", req.path.partition("?")[0], self.peer, decision.message)
@@ -267,12 +306,15 @@ class Connection(asyncio.Protocol):
             resp = _response(decision.status, _REASONS[decision.status], body, "text/plain; charset=utf-8")
             if decision.upgrade:
                 resp.headers["Upgrade"] = "websocket"
+            if decision.status == 503:
+                resp.headers["Retry-After"] = str(RETRY_AFTER)
             self._respond(resp)
         elif isinstance(decision, Subscribe):
             self._subscribe(req, decision)
         elif decision == "api":
             self._respond(self.proto.accept(req))
             if self.proto.state is OPEN:
+                self._upgraded()
                 self.kind = "api"
                 self.requests = deque()
                 self.worker = srv.spawn(self._serve_api())
@@ -290,6 +332,7 @@ class Connection(asyncio.Protocol):
             response.headers["Norn-Last-Id"] = srv.last_id or "0-0"
         self._respond(response)
         if self.proto.state is OPEN:
+            self._upgraded()
             self.kind = "ws"
             self._pump()  # the 101 goes out before any replayed event
             log.info("subscriber %s connected (%s)", self.peer, sub.query or "all events")

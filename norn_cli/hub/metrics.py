@@ -8,9 +8,10 @@ from typing import Any
 from norn_cli.core.events import dumps
 from norn_cli.hub.brokers.base import Broker
 from norn_cli.hub.fanout import Hub
+from norn_cli.hub.limits import Limits
 from norn_cli.hub.writer import FanoutWriter
 
-__all__ = ["health", "metrics_text"]
+__all__ = ["health", "limits_text", "metrics_text"]
 
 
 def health(hub: Hub, broker: Broker) -> tuple[int, bytes]:
@@ -53,4 +54,21 @@ def metrics_text(
         lines.append(f'norn_api_requests_total{{op="{op}"}} {n}')
     for name, value in broker.metrics().items():
         lines.append(f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def limits_text(limits: Limits, tcp_connections: int) -> str:
+    """The connection limits' part of `/metrics`."""
+    lines: list[str] = []
+    _metric(lines, "norn_tcp_connections", "gauge", "Open TCP connections, handshakes included.", tcp_connections)
+    _metric(lines, "norn_max_connections", "gauge", "WebSocket connections allowed before upgrades get 503.", limits.max_connections)
+    _metric(lines, "norn_max_connections_per_ip", "gauge", "WebSocket connections allowed per address (0: no limit).", limits.max_per_ip)
+    _metric(
+        lines, "norn_handshake_timeouts_total", "counter",
+        "Connections closed for not completing the handshake in time.", limits.handshake_timeouts,
+    )  # fmt: skip
+    lines += ["# HELP norn_connections_refused_total Connections refused by a limit, by reason.",
+              "# TYPE norn_connections_refused_total counter"]  # fmt: skip
+    for reason in ("cap", "per_ip", "overload"):
+        lines.append(f'norn_connections_refused_total{{reason="{reason}"}} {limits.refused[reason]}')
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from norn_cli.hub.brokers.base import Broker
 from norn_cli.hub.brokers.memory import MemoryBroker
 from norn_cli.hub.connection import Connection
 from norn_cli.hub.fanout import Hub, Member
+from norn_cli.hub.limits import Limits
 from norn_cli.hub.routing import RequestHeaders, Route, route
 from norn_cli.hub.writer import FanoutWriter, default_threads
 
@@ -64,6 +65,9 @@ class HubServer:
         ssl_context: ssl.SSLContext | None = None,
         ops: dict[str, OpHandler] | None = None,
         fanout_threads: int | None = None,
+        handshake_timeout: float = 10.0,
+        max_connections: int | None = None,
+        max_connections_per_ip: int = 0,
     ) -> None:
         if not token and not is_loopback_host(host):
             raise ConfigError(
@@ -85,6 +89,9 @@ class HubServer:
         self.close_timeout = close_timeout
         self.ssl_context = ssl_context
         self.tls = ssl_context is not None
+        self.limits = Limits(
+            handshake_timeout=handshake_timeout, max_connections=max_connections, max_per_ip=max_connections_per_ip
+        )
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[Connection] = set()
         self._all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
@@ -132,7 +139,8 @@ class HubServer:
         try:
             self._server = await self._loop.create_server(
                 lambda: Connection(self), self.host, self.port, ssl=self.ssl_context,
-                reuse_address=True, backlog=4096,
+                reuse_address=True, backlog=self.limits.backlog,
+                ssl_handshake_timeout=(self.limits.handshake_timeout or None) if self.ssl_context else None,
             )  # fmt: skip
         except OSError as exc:
             await self.broker.close()
@@ -169,6 +177,7 @@ class HubServer:
                 pass
         for conn in list(self.conns):
             conn.abort()
+        self.limits.flush_log()
         await self.broker.close()
         self.writer.close()
 
@@ -198,8 +207,10 @@ class HubServer:
             return status, body, "application/json"
         return 200, self.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8"
 
-    def opened(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> bool:
+        """Track a new connection; False when it goes over the hard limit (the caller closes it)."""
         self.conns.add(conn)
+        return not self.limits.overloaded(len(self.conns))
 
     def closed(self, conn: Connection) -> None:
         self.conns.discard(conn)
@@ -229,7 +240,7 @@ class HubServer:
     def metrics_text(self) -> str:
         return metrics.metrics_text(
             self.hub, self.broker, self.writer, api_conns=self.api_conns, op_counts=self.api.op_counts
-        )
+        ) + metrics.limits_text(self.limits, len(self.conns))
 
     async def _ping_loop(self) -> None:
         """One timer for every connection: ping, and reap peers that stopped answering."""

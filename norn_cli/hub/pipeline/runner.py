@@ -40,6 +40,9 @@ CANCELLED = "cancelled: the hub is shutting down"
 OUTPUT_INTERVAL = 0.25  # at most one output event per step this often
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a step's process group
 DRAIN_GRACE = 0.5  # seconds to collect output after the step's shell exited
+END_RETRY_FIRST = 0.05  # seconds before the first retry of a run's end; doubling
+END_RETRY_MAX = 5.0
+END_RETRIES_AT_SHUTDOWN = 3
 HEALTH_HEARTBEAT = 10  # publish app.status at least every this many checks
 KEEP_RUNS = 200  # finished runs remembered for `runinfo`
 _REF_RE = re.compile(r"^[A-Za-z0-9._/@:+-]{1,200}$")
@@ -273,7 +276,34 @@ class Runner:
         if run.kind == "restart" and error is None:
             items.append(("app.restarted", app, {"appId": app, "runId": run.id}))
         items.append((f"{run.kind}.{run.status}", app, self._final_payload(run)))
-        await self._publish(*items)
+        await self._publish_until_taken(run, items)
+
+    async def _publish_until_taken(self, run: _Run, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Publish a run's end, retrying with backoff until the broker takes it: every run
+        the hub accepted ends with exactly one terminal event. Only a hub shutting down
+        gives up, after a few tries, and says so."""
+        checked = [validate_event({"type": t, "appId": a, "payload": p}) for t, a, p in items]
+        delay, attempt = END_RETRY_FIRST, 0
+        while True:
+            try:
+                await self.hub.publish(checked)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                if self._closing and attempt >= END_RETRIES_AT_SHUTDOWN:
+                    log.error("run %s of %s: gave up publishing its end after %d tries: %s",
+                              run.id, run.app.name, attempt, exc)  # fmt: skip
+                    raise
+                log.warning("run %s of %s: cannot publish %s yet (try %d: %s); retrying in %.1f s",
+                            run.id, run.app.name, items[-1][0], attempt, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, END_RETRY_MAX)
+            else:
+                if attempt:
+                    log.warning("run %s of %s: published %s after %d failed tries",
+                                run.id, run.app.name, items[-1][0], attempt)  # fmt: skip
+                return
 
     def _queued_payload(self, run: _Run) -> dict[str, Any]:
         if run.kind == "deploy":
