@@ -250,7 +250,9 @@ class Connection(asyncio.Protocol):
             return
         origins = headers.get_all("Origin")
         origin = origins[0] if origins else None
-        if len(origins) > 1 or not origin_allowed(origin, srv.allowed_origins):
+        hosts = headers.get_all("Host")  # same origin: a page this hub served, under its own name
+        own = hosts[0] if len(hosts) == 1 else None
+        if len(origins) > 1 or not origin_allowed(origin, srv.allowed_origins, host=own, tls=srv.ssl_context is not None):
             log.info("refused %s from %s: origin %r not allowed", path, self.peer, origin)
             self._reject(403, "Forbidden", f"origin {origin!r} is not allowed")
             return
