@@ -277,7 +277,7 @@ async def test_healthz_metrics_404_426(hub: HubServer) -> None:
     ]:
         assert line in text.splitlines(), line
     assert (await http_get(hub.port, "/nope"))[0] == 404
-    assert (await http_get(hub.port, "/"))[0] == 404
+    assert (await http_get(hub.port, "/"))[0] == 200  # the dashboard: tests/test_dashboard_http.py
     assert (await http_get(hub.port, "/ws"))[0] == 426
     assert (await http_get(hub.port, "/api"))[0] == 426
 

@@ -220,6 +220,7 @@ def bench(
     "--config", "config_path", envvar="NORN_CONFIG", type=click.Path(dir_okay=False), default=None,
     help="[serve] settings and the apps' pipelines (default: ./norn.toml when present) [env NORN_CONFIG].",
 )  # fmt: skip
+@click.option("--ui/--no-ui", default=True, show_default=True, envvar="NORN_UI", help="The live dashboard at GET / [env NORN_UI].")
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -235,8 +236,9 @@ def serve(
     certfile: str | None,
     keyfile: str | None,
     config_path: str | None,
+    ui: bool,
 ) -> None:
-    """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics.
+    """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics, a dashboard at /.
 
     \b
     Example:
@@ -271,7 +273,7 @@ def serve(
         srv = server.HubServer(
             host=o["host"], port=o["port"], broker=the_broker, token=o["serve_token"] or settings.token,
             allowed_origins=origins, queue_size=o["queue_size"], history=o["history"], ssl_context=ssl_context,
-            fanout_threads=o["fanout_threads"],
+            fanout_threads=o["fanout_threads"], ui=o["ui"],
         )  # fmt: skip
         runner = attach_runner(srv, config)
 
@@ -281,6 +283,8 @@ def serve(
                 f"norn hub listening on {srv.url} (subscribe: {srv.url}/ws, publish: {srv.url}/api, "
                 f"broker: {srv.broker.name}); Ctrl-C to stop"
             )
+            if srv.ui:
+                _stderr(f"dashboard: {srv.url.replace('ws', 'http', 1)}/")
             if srv.broker.problem is not None:
                 _stderr(f"norn: warning: {srv.broker.problem}; serving anyway, /healthz answers 503 until it does")
             if config.apps:

@@ -32,6 +32,7 @@ _STEP_KEYS = frozenset({"name", "run", "timeout", "env"})
 SERVE_KEYS: dict[str, type] = {
     "host": str, "port": int, "token": str, "allowed_origins": list, "history": int,
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
+    "ui": bool,
 }  # fmt: skip
 
 
@@ -225,7 +226,7 @@ def _env(where: _Where, key: str, value: Any) -> dict[str, str]:
     return out
 
 
-_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table", bool: "a boolean"}
 
 
 def _toml_kind(value: Any) -> str:

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 from norn_cli.core.events import Filter, dumps, parse_id
+from norn_cli.hub import ui
 from norn_cli.hub.fanout import Member
 from norn_cli.core.origin import origin_allowed
 from norn_cli.core.wire import text_frame
@@ -239,6 +240,9 @@ class Connection(asyncio.Protocol):
             body = srv.metrics_text().encode()
             self._respond(_response(200, "OK", body, "text/plain; version=0.0.4; charset=utf-8"))
             return
+        if srv.ui and (page := self._dashboard(req, path, query)) is not None:
+            self._respond(page)
+            return
         if path not in ("/ws", "/api"):
             self._reject(404, "Not Found", f"no such endpoint {path}; try /ws, /api, /healthz or /metrics")
             return
@@ -291,6 +295,18 @@ class Connection(asyncio.Protocol):
                 srv.hub.join(self.member)
             else:
                 srv.spawn(srv.hub.catch_up(self.member, since=since, last=last))
+
+    def _dashboard(self, req: Request, path: str, query: str) -> Response | None:
+        """The dashboard's answer for `GET /` and `/ui/...`; None for other paths."""
+        hosts, tags = req.headers.get_all("Host"), req.headers.get_all("If-None-Match")
+        page = ui.respond(
+            path, query, host=hosts[0] if len(hosts) == 1 else None, tls=self.srv.ssl_context is not None,
+            if_none_match=", ".join(tags) if tags else None,
+        )  # fmt: skip
+        if page is None:
+            return None
+        headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"), *page.headers])
+        return Response(page.status, page.reason, headers, page.body)
 
     def peer_host(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None

@@ -106,6 +106,7 @@ class HubServer:
         ssl_context: ssl.SSLContext | None = None,
         ops: dict[str, OpHandler] | None = None,
         fanout_threads: int | None = None,
+        ui: bool = True,
     ) -> None:
         if not token and not is_loopback_host(host):
             raise ConfigError(
@@ -126,6 +127,7 @@ class HubServer:
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
         self.ssl_context = ssl_context
+        self.ui = ui  # the dashboard at GET / (norn_cli.hub.ui); off: 404 as for any unknown path
         self.ops: dict[str, OpHandler] = dict(ops or {})
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[Connection] = set()
