@@ -18,6 +18,7 @@
   const MAX_RUNS = 24; // run cards kept (finished ones go first)
   const MAX_TILES = 60; // app tiles kept (the least recently heard of go first)
   const OUTPUT_TAIL = 8; // output lines shown on a run card
+  const REDRAW_MS = 200; // at most five redraws a second
   const RUN_KINDS = new Set(['deploy', 'forge', 'teardown', 'restart', 'rollback']);
   const OVERVIEW_TYPES = ['deploy.*', 'forge.*', 'teardown.*', 'restart.*', 'rollback.*', 'app.*'];
 
@@ -37,11 +38,14 @@
 
   const ANSI_RE = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])/g;
   const CONTROL_RE = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+  const ANY_CONTROL_RE = /[\x00-\x1f\x7f-\x9f]/;
   const LINE_BREAKS = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
 
   /** Untrusted text made readable: colour codes dropped, other control characters escaped (render's `clean`). */
   function clean(text) {
-    return String(text)
+    const s = String(text);
+    if (!ANY_CONTROL_RE.test(s)) return s; // the usual case, and the cheap one
+    return s
       .replace(ANSI_RE, '')
       .replace(/\t/g, '    ')
       .replace(CONTROL_RE, (c) => '\\x' + c.charCodeAt(0).toString(16).padStart(2, '0'));
@@ -631,6 +635,7 @@
       this.note = $('paused-note');
       this.count = $('stream-count');
       this.pending = [];
+      this.stale = false; // the rows drawn are older than events dropped unseen
       this.paused = false;
       this.unseen = 0;
       this.received = 0;
@@ -647,6 +652,7 @@
 
     reset() {
       this.pending = [];
+      this.stale = false;
       this.unseen = 0;
       this.received = 0;
       this.list.replaceChildren();
@@ -655,14 +661,26 @@
 
     add(env) {
       this.received += 1;
-      this.pending.push(env);
-      if (this.pending.length > 2 * MAX_ROWS) this.pending = this.pending.slice(-MAX_ROWS);
       if (this.paused) this.unseen += 1;
-      this.app.schedule();
+      this._queue(env);
     }
 
     gap(env) {
+      this._queue(env);
+    }
+
+    /**
+     * Events wait here, oldest first, to be drawn. More than the list holds:
+     * the oldest could only push out rows to be pushed out in turn, so they
+     * are dropped, and the rows already drawn too (older still), so the list
+     * never has a hole.
+     */
+    _queue(env) {
       this.pending.push(env);
+      if (this.pending.length > 2 * MAX_ROWS) {
+        this.pending = this.pending.slice(-MAX_ROWS);
+        this.stale = true;
+      }
       this.app.schedule();
     }
 
@@ -672,16 +690,23 @@
       this.app.schedule();
     }
 
+    /** Draw the waiting events (the newest MAX_ROWS of them), newest on top. */
     flush() {
       this._counts();
       if (this.paused || !this.pending.length) return;
-      const items = this.pending;
+      let items = this.pending;
       this.pending = [];
-      const start = Math.max(0, items.length - MAX_ROWS);
+      if (items.length >= MAX_ROWS) {
+        items = items.slice(-MAX_ROWS);
+        this.stale = true; // every row drawn is about to go anyway
+      }
+      if (this.stale) {
+        this.list.replaceChildren();
+        this.stale = false;
+      }
       const frag = document.createDocumentFragment();
-      for (let i = items.length - 1; i >= start; i -= 1) frag.appendChild(this._row(items[i]));
-      if (items.length - start >= MAX_ROWS) this.list.replaceChildren(frag);
-      else this.list.prepend(frag);
+      for (let i = items.length - 1; i >= 0; i -= 1) frag.appendChild(this._row(items[i]));
+      this.list.prepend(frag);
       let extra = this.list.childElementCount - MAX_ROWS;
       while (extra > 0) {
         this.list.lastElementChild.remove();
@@ -999,8 +1024,8 @@
       this.stats = $('stats');
       this.notices = $('notices');
       this.gapNotice = null;
-      this.frame = 0;
-      this.subs = [];
+      this.frame = 0; // a redraw is due (a timer or an animation frame)
+      this.drawn = -Infinity; // when the last redraw ran
       this.lastId = null;
 
       const params = new URLSearchParams(location.search);
@@ -1117,12 +1142,21 @@
       this.conn.textContent = label;
     }
 
+    /**
+     * Draw soon: in the next frame, but at most every REDRAW_MS, so a flood of
+     * events costs a few redraws a second (layout and paint of the list cost
+     * about the same for one new row as for a hundred), while a lone event shows at once.
+     */
     schedule() {
-      if (!this.frame) this.frame = requestAnimationFrame(() => this._flush());
+      if (this.frame) return;
+      const wait = this.drawn + REDRAW_MS - performance.now();
+      const draw = () => requestAnimationFrame(() => this._flush());
+      this.frame = wait > 0 ? setTimeout(draw, wait) : draw();
     }
 
     _flush() {
       this.frame = 0;
+      this.drawn = performance.now();
       const now = Date.now() / 1000;
       this.stream.flush();
       this.runs.flush(now);
