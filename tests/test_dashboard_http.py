@@ -107,7 +107,7 @@ async def test_no_ui_is_404() -> None:
     ],
 )
 def test_serve_ui_setting(tmp_path: Path, args: tuple[str, ...], env: dict[str, str], toml: str, on: bool) -> None:
-    """`--ui/--no-ui`, NORN_UI and `[serve] ui` turn the dashboard on and off; its address follows the banner."""
+    """`--ui/--no-ui`, NORN_UI and `[serve] ui` turn the dashboard on and off; its address is the startup's last line."""
     from test_serve_cli import Served
 
     if toml:
@@ -118,7 +118,7 @@ def test_serve_ui_setting(tmp_path: Path, args: tuple[str, ...], env: dict[str, 
     rest = served.proc.stderr.read()  # through the reader that may hold the next line already
     served.proc.communicate(timeout=TIMEOUT)  # and close the pipes
     assert served.proc.returncode == 0
-    assert (rest.splitlines()[:1] == [f"dashboard: http://127.0.0.1:{served.port}/"]) is on
+    assert (rest.splitlines()[-1:] == [f"dashboard: http://127.0.0.1:{served.port}/"]) is on
 
 
 def test_serve_no_ui_answers_404(tmp_path: Path) -> None:

@@ -283,12 +283,12 @@ def serve(
                 f"norn hub listening on {srv.url} (subscribe: {srv.url}/ws, publish: {srv.url}/api, "
                 f"broker: {srv.broker.name}); Ctrl-C to stop"
             )
-            if srv.ui:
-                _stderr(f"dashboard: {srv.url.replace('ws', 'http', 1)}/")
             if srv.broker.problem is not None:
                 _stderr(f"norn: warning: {srv.broker.problem}; serving anyway, /healthz answers 503 until it does")
             if config.apps:
                 _stderr(f"pipelines of {', '.join(sorted(config.apps))} from {config.path}")
+            if srv.ui:
+                _stderr(f"dashboard: {srv.url.replace('ws', 'http', 1)}/")
 
         await server.run_until_signalled(srv, started)
 
