@@ -203,6 +203,24 @@ async def test_the_javascript_run_state_meets_the_spec(hub: HubServer, browser: 
         assert result["expect"] == case["expect"], case["name"]
 
 
+async def test_frames_seen_are_dropped_until_a_gap(hub: HubServer, browser: Browser) -> None:
+    """A subscription passes on each id once, in increasing order; after a hub.gap any id is new again."""
+    dash = await Dash.open(browser, page_url(hub))
+    passed = await dash.page.evaluate(
+        """() => {
+          const seen = [];
+          const sub = new window.norn.Subscription({ initialLast: 1, onEvent: (e) => seen.push(e.id), onGap: () => seen.push('gap'), onState: () => {} });
+          const frame = (id) => JSON.stringify({ type: 't.x', appId: 'a', payload: {}, id });
+          for (const id of ['5-0', '5-1', '5-1', '4-9', '10-0']) sub._receive(frame(id));
+          sub._receive(JSON.stringify({ type: 'hub.gap', appId: '', payload: { since: '10-0', oldest: '' } }));
+          for (const id of ['2-0', '2-0', '3-0']) sub._receive(frame(id));
+          sub._receive('not json');
+          return [seen, sub.lastId, sub.url().split('?')[1]];
+        }"""
+    )
+    assert passed == [["5-0", "5-1", "10-0", "gap", "2-0", "3-0"], "3-0", "since=3-0"]
+
+
 async def test_emitted_event_appears_within_a_second(hub: HubServer, browser: Browser) -> None:
     """`norn emit` in a subprocess: once it has its ack, the row is there within a second; a click shows the event whole."""
     dash = await Dash.open(browser, page_url(hub))

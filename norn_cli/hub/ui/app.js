@@ -548,6 +548,9 @@
       }
       if (!isObject(env)) return;
       if (env.type === 'hub.gap') {
+        // A history the hub lost: what follows is all new, whatever its ids
+        // (even should a restarted hub's clock have stepped back).
+        this.lastKey = null;
         this.onGap(env);
         return;
       }
@@ -1166,7 +1169,7 @@
   }
 
   // For tests and the curious: the pure parts, read-only.
-  window.norn = Object.freeze({ RunState, StepState, RunBook, phaseOf, epoch, splitlines, parseId, clean, fmtDuration, fmtClock });
+  window.norn = Object.freeze({ RunState, StepState, RunBook, Subscription, phaseOf, epoch, splitlines, parseId, clean, fmtDuration, fmtClock });
 
   if ($('events') !== null) new Dashboard(); // eslint-disable-line no-new
 })();
