@@ -470,8 +470,8 @@
    * before the last id seen are dropped, so none is shown twice.
    */
   class Subscription {
-    constructor({ name, apps = [], types = [], initialLast, onEvent, onGap, onState }) {
-      Object.assign(this, { name, apps, types, initialLast, onEvent, onGap, onState });
+    constructor({ apps = [], types = [], initialLast, onEvent, onGap, onState }) {
+      Object.assign(this, { apps, types, initialLast, onEvent, onGap, onState });
       this.lastId = null;
       this.lastKey = null;
       this.connected = false; // a connection has been established once
@@ -480,7 +480,7 @@
       this.timer = null;
       this.stopped = false;
       this.state = 'connecting';
-      this.received = 0;
+      this.lastInfo = null; // why it is retrying, for the connection label
     }
 
     url() {
@@ -560,7 +560,6 @@
         this.lastId = env.id;
         this.lastKey = key;
       }
-      this.received += 1;
       this.onEvent(env);
     }
   }
@@ -1054,7 +1053,6 @@
       });
 
       this.overview = new Subscription({
-        name: 'runs and apps',
         types: OVERVIEW_TYPES,
         initialLast: OVERVIEW_LAST,
         onEvent: (env) => this._overview(env),
@@ -1085,7 +1083,6 @@
 
     _subscribe() {
       this.streamSub = new Subscription({
-        name: 'events',
         apps: this.apps,
         types: this.types,
         initialLast: STREAM_LAST,
