@@ -185,6 +185,34 @@ async def test_origin_rules_on_ws(origin: str | None, allowed: bool) -> None:
             assert info.value.response.status_code == 403
 
 
+async def handshake_status(port: int, path: str, headers: dict[str, str]) -> int:
+    """The status of a WebSocket handshake sent with exactly these Host/Origin headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]  # fmt: skip
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    async with asyncio.timeout(TIMEOUT):
+        status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_same_origin_and_empty_origin_on_ws(hub: HubServer) -> None:
+    """A page from this hub under any name (Origin equal to Host) may subscribe; an empty Origin counts as absent."""
+    port = hub.port
+    name = f"norn.example.com:{port}"
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": f"http://{name}"}) == 101
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": f"http://NORN.example.com:{port}"}) == 101
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": f"https://{name}"}) == 403  # not a TLS hub
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": f"http://other.example.com:{port}"}) == 403
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": "http://norn.example.com"}) == 403  # port 80
+    assert await handshake_status(port, "/ws", {"Host": name, "Origin": ""}) == 101
+    # /api keeps its rule: without a token, any Origin header, even same-origin or empty, is refused.
+    assert await handshake_status(port, "/api", {"Host": name, "Origin": f"http://{name}"}) == 403
+    assert await handshake_status(port, "/api", {"Host": name, "Origin": ""}) == 403
+    assert await handshake_status(port, "/api", {"Host": name}) == 101
+
+
 async def test_api_without_token_refuses_browser_origins(hub: HubServer) -> None:
     """With no token, /api serves only clients that send no Origin, even a localhost one."""
     with pytest.raises(InvalidStatus) as info:
@@ -250,7 +278,7 @@ async def test_healthz_metrics_404_426(hub: HubServer) -> None:
     ]:
         assert line in text.splitlines(), line
     assert (await http_get(hub.port, "/nope"))[0] == 404
-    assert (await http_get(hub.port, "/"))[0] == 404
+    assert (await http_get(hub.port, "/"))[0] == 200  # the dashboard: tests/test_dashboard_http.py
     assert (await http_get(hub.port, "/ws"))[0] == 426
     assert (await http_get(hub.port, "/api"))[0] == 426
 

@@ -86,6 +86,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--max-connections-per-ip", type=click.IntRange(0), default=0, envvar="NORN_MAX_CONNECTIONS_PER_IP", metavar="N",
     help="WebSocket connections per client address, loopback included (0: no limit) [env NORN_MAX_CONNECTIONS_PER_IP].",
 )  # fmt: skip
+@click.option("--ui/--no-ui", default=True, show_default=True, envvar="NORN_UI", help="The live dashboard at GET / [env NORN_UI].")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (serves wss://).")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.pass_context
@@ -107,8 +108,9 @@ def serve(
     handshake_timeout: float,
     max_connections: int | None,
     max_connections_per_ip: int,
+    ui: bool,
 ) -> None:
-    """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics.
+    """Run the hub: /ws to subscribe, /api to publish, /healthz, /metrics, a dashboard at /.
 
     Every option can also come from the environment or from the [serve]
     table of norn.toml (a flag wins over the environment, which wins over
@@ -153,7 +155,7 @@ def serve(
             host=host, port=port, broker=the_broker, token=token, handshake_timeout=handshake_timeout,
             max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
             allowed_origins=parse_origins(allowed_origins), queue_size=queue_size, history=history,
-            ssl_context=ssl_context, fanout_threads=fanout_threads,
+            ssl_context=ssl_context, fanout_threads=fanout_threads, ui=ui,
         )  # fmt: skip
         runner = attach_runner(srv, config)
 
@@ -167,6 +169,8 @@ def serve(
                 stderr(f"norn: warning: {srv.broker.problem}; serving anyway, /healthz answers 503 until it does")
             if config.apps:
                 stderr(f"pipelines of {', '.join(sorted(config.apps))} from {config.path}")
+            if srv.ui:
+                stderr(f"dashboard: {srv.url.replace('ws', 'http', 1)}/")
 
         await server.run_until_signalled(srv, started)
 

@@ -34,6 +34,7 @@ SERVE_KEYS: dict[str, type] = {
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
     "dedupe_window": int,
     "token_file": str, "handshake_timeout": str, "max_connections": int, "max_connections_per_ip": int,
+    "ui": bool,
 }  # fmt: skip
 
 
@@ -243,7 +244,7 @@ def _env(where: _Where, key: str, value: Any) -> dict[str, str]:
     return out
 
 
-_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table", bool: "a boolean"}
 
 
 def _toml_kind(value: Any) -> str:

@@ -24,6 +24,7 @@ from websockets.server import ServerProtocol
 
 from norn_cli.core.events import dumps
 from norn_cli.core.wire import text_frame
+from norn_cli.hub import ui
 from norn_cli.hub.api import Api
 from norn_cli.hub.fanout import Hub, Member
 from norn_cli.hub.frames import PING, TEXT, parse_frames
@@ -319,6 +320,8 @@ class Connection(asyncio.Protocol):
                 self.requests = deque()
                 self.worker = srv.spawn(self._serve_api())
                 log.debug("publisher %s connected", self.peer)
+        elif decision == "ui":
+            self._respond(self._dashboard(req))
         else:
             status, body, ctype = srv.page(decision)
             self._respond(_response(status, "OK" if status == 200 else "Service Unavailable", body, ctype))
@@ -341,6 +344,18 @@ class Connection(asyncio.Protocol):
                 srv.hub.join(self.member)
             else:
                 srv.spawn(srv.hub.catch_up(self.member, since=sub.since, last=sub.last))
+
+    def _dashboard(self, req: Request) -> Response:
+        """The dashboard's answer for `GET /` and `/ui/...` (routing sent it here)."""
+        path, _, query = req.path.partition("?")
+        hosts, tags = req.headers.get_all("Host"), req.headers.get_all("If-None-Match")
+        page = ui.respond(
+            path, query, host=hosts[0] if len(hosts) == 1 else None, tls=self.srv.tls,
+            if_none_match=", ".join(tags) if tags else None,
+        )  # fmt: skip
+        assert page is not None  # routing.route only says "ui" for the dashboard's paths
+        headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"), *page.headers])
+        return Response(page.status, page.reason, headers, page.body)
 
     def peer_host(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 from norn_cli.core.events import EventId, Filter, parse_id
 from norn_cli.core.origin import api_refusal, origin_allowed
+from norn_cli.hub.ui import PREFIX as UI_PREFIX
 
 __all__ = ["Refuse", "Route", "Subscribe", "route"]
 
@@ -43,23 +44,31 @@ class Subscribe:
 
 
 Route = Refuse | Subscribe | str
-"""A refusal, a subscription, or the name of what to serve: "healthz", "metrics" or "api"."""
+"""A refusal, a subscription, or the name of what to serve: "healthz", "metrics", "ui" or "api"."""
 
 
 def route(
-    target: str, headers: RequestHeaders, peer_host: str, *, token: str | None, allowed_origins: Collection[str]
+    target: str, headers: RequestHeaders, peer_host: str, *, token: str | None, allowed_origins: Collection[str],
+    tls: bool = False, ui: bool = False,
 ) -> Route:
-    """Decide what to do with a request for `target` (path and query) from `peer_host`."""
+    """Decide what to do with a request for `target` (path and query) from `peer_host`.
+
+    `tls`: the hub serves wss:// (a same-origin page is https://); `ui`: it serves the dashboard.
+    """
     path, _, query = target.partition("?")
     if path in ("/healthz", "/metrics"):
         return path[1:]
+    if ui and (path == "/" or path.startswith(UI_PREFIX)):
+        return "ui"
     if path not in ("/ws", "/api"):
         return Refuse(404, f"no such endpoint {path}; try {ENDPOINTS}")
     if "websocket" not in headers.get("Upgrade", "").lower():
         return Refuse(426, f"{path} is a WebSocket endpoint; connect with a WebSocket client", upgrade=True)
     origins = headers.get_all("Origin")
     origin = origins[0] if origins else None
-    if len(origins) > 1 or not origin_allowed(origin, allowed_origins):
+    hosts = headers.get_all("Host")  # same origin: a page this hub served, under its own name
+    own = hosts[0] if len(hosts) == 1 else None
+    if len(origins) > 1 or not origin_allowed(origin, allowed_origins, host=own, tls=tls):
         return Refuse(403, f"origin {origin!r} is not allowed")
     if path == "/api":
         refusal = api_refusal(

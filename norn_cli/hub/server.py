@@ -68,6 +68,7 @@ class HubServer:
         handshake_timeout: float = 10.0,
         max_connections: int | None = None,
         max_connections_per_ip: int = 0,
+        ui: bool = True,
     ) -> None:
         if not token and not is_loopback_host(host):
             raise ConfigError(
@@ -92,6 +93,7 @@ class HubServer:
         self.limits = Limits(
             handshake_timeout=handshake_timeout, max_connections=max_connections, max_per_ip=max_connections_per_ip
         )
+        self.ui = ui  # the dashboard at GET / (norn_cli.hub.ui); off: 404 as for any unknown path
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.conns: set[Connection] = set()
         self._all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
@@ -199,7 +201,9 @@ class HubServer:
         return self.broker.last_id
 
     def route(self, target: str, headers: RequestHeaders, peer_host: str) -> Route:
-        return route(target, headers, peer_host, token=self.token, allowed_origins=self.allowed_origins)
+        return route(
+            target, headers, peer_host, token=self.token, allowed_origins=self.allowed_origins, tls=self.tls, ui=self.ui
+        )
 
     def page(self, name: str) -> tuple[int, bytes, str]:
         if name == "healthz":
