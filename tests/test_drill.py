@@ -11,6 +11,7 @@ rate are the drill's schedule, not waits for anything to settle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -124,9 +125,15 @@ async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subpr
             except OSError:
                 await asyncio.sleep(0.05)  # haproxy has not bound its port yet
                 continue
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: drill\r\n\r\n")
-            head = await reader.read()
-            writer.close()
+            try:  # haproxy keeps a client connection alive unless asked not to: read the head only
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: drill\r\nConnection: close\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (OSError, asyncio.IncompleteReadError):
+                head = b""  # haproxy closed it: no hub is up yet
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
             if head.startswith(b"HTTP/1.1 200"):
                 return proc, port
 
