@@ -18,7 +18,7 @@ import random
 import shutil
 import signal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 
