@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -59,6 +60,10 @@ for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail, completion
 def main() -> None:
     """Console-script entry point: standard fds first, and output failures as one line (exit 1)."""
     ensure_standard_fds()  # before any socket can be given fd 0, 1 or 2
+    if "_NORN_COMPLETE" in os.environ:  # the shell asks for completions (or the script): bash keeps `:` words whole
+        from norn_cli.cli.bash_completion import register
+
+        register()
     code: int | str | None = 0
     try:
         code = norn.main(prog_name="norn", standalone_mode=False)

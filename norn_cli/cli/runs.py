@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import click
 
+from norn_cli.cli.completers import complete_configured_apps, complete_run_ids
 from norn_cli.cli.common import Duration, NornCommand, Settings, hub_endpoint, run, stderr, with_global_options
 from norn_cli.core.kinds import RUN_KINDS, Kind
 from norn_cli.core.errors import ExitCode
@@ -69,7 +70,7 @@ def run_command(kind: Kind) -> click.Command:
             request[kind.arg] = value
         _show_run(settings, request, as_json, attach=attach, quiet=quiet, lines=lines, timeout=timeout)
 
-    params: list[click.Parameter] = [click.Argument(["app"])]
+    params: list[click.Parameter] = [click.Argument(["app"], shell_complete=complete_configured_apps)]
     if kind.arg:
         params.append(click.Argument([kind.arg], required=False))
     params += [
@@ -88,7 +89,7 @@ RUN_COMMANDS = [run_command(kind) for kind in RUN_KINDS]
 
 @with_global_options()
 @click.command(cls=NornCommand, exit_codes=_RUN_EXIT_CODES)
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run_ids)
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
 @click.option("--lines", type=click.IntRange(0), default=20, show_default=True, metavar="N", help=_LINES_HELP)
