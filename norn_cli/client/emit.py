@@ -18,6 +18,7 @@ from norn_cli.core.events import dumps, event_key, loads, validate_event
 __all__ = [
     "build_event",
     "build_payload",
+    "checked_event",
     "emit_event",
     "emit_events",
     "emit_from_flags",
@@ -82,6 +83,11 @@ def _checked(obj: Any) -> dict[str, Any]:
     if key is not None:
         event["key"] = key
     return event
+
+
+def checked_event(obj: Any) -> dict[str, Any]:
+    """`obj` as the hub will take it (type, appId, payload, key), validated by its rules; raises EventError."""
+    return _checked(obj)
 
 
 def new_key_prefix() -> str:
