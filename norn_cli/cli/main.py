@@ -12,6 +12,7 @@ from norn_cli.cli.bench import bench
 from norn_cli.cli.common import global_option_params, stderr
 from norn_cli.cli.completion import completion
 from norn_cli.cli.events import emit, tail
+from norn_cli.cli.init import init
 from norn_cli.cli.replay import replay
 from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
 from norn_cli.cli.serve import serve
@@ -54,7 +55,7 @@ def norn() -> None:
 
 
 norn.params[:0] = global_option_params()
-for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail, replay, completion):
+for command in (bench, serve, *RUN_COMMANDS, watch, demo, init, emit, tail, replay, completion):
     norn.add_command(command)
 
 

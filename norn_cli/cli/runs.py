@@ -110,15 +110,31 @@ def watch(settings: Settings, run_id: str, as_json: bool, quiet: bool, lines: in
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_obj
 def demo(settings: Settings, as_json: bool) -> None:
-    """A first look: an embedded hub deploys a sample app, shown live.
+    """A first look: an embedded hub deploys a sample app twice, shown live (about 6 s).
+
+    The first deploy fails at its test step and shows the failing output;
+    the second, the fix, completes. At the end norn says where the sample
+    norn.toml was written, to run it with `norn serve --config`.
 
     \b
     Example:
       norn demo
     """
-    from norn_cli.cli.demo import run_demo
+    import tempfile
+    from pathlib import Path
+
+    from norn_cli.cli.demo import DEMO_TOML, FIXED_REF, run_demo
     from norn_cli.render.pipeline_view import make_view
 
-    state = run(run_demo(make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)))
-    stderr("that was an embedded hub running a sample norn.toml; write your own: docs/pipelines.md")
-    sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
+    config = Path(tempfile.mkdtemp(prefix="norn-demo-")) / "norn.toml"
+    config.write_text(DEMO_TOML)
+    broken, fixed = run(run_demo(
+        lambda: make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout), config,
+        between=lambda text: stderr(f"norn demo: {text}"),
+    ))  # fmt: skip
+    stderr(
+        f"norn demo: that was an embedded hub running the sample {config}\n"
+        f"  run it yourself: norn serve --config {config}   then: norn deploy demo {FIXED_REF}\n"
+        "  your own: norn init writes a commented norn.toml in this folder (docs/pipelines.md has the rest)"
+    )
+    sys.exit(int(ExitCode.OK if fixed.ok and not broken.ok else ExitCode.FAILED))
