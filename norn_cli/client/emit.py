@@ -167,15 +167,23 @@ async def stream_ndjson(
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
 
+    def hand_over(line: bytes | None) -> concurrent.futures.Future[None]:
+        put = lines.put(line)
+        try:
+            return asyncio.run_coroutine_threadsafe(put, loop)
+        except RuntimeError:  # the loop is closed: close the coroutine, or it is reported as never awaited
+            put.close()
+            raise
+
     def read() -> None:
         try:
             for line in stream:
-                asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+                hand_over(line).result()
         except (RuntimeError, OSError, ValueError, concurrent.futures.CancelledError):
             pass  # the loop ended, or the input broke: the reader stops either way
         finally:
             try:
-                asyncio.run_coroutine_threadsafe(lines.put(None), loop)
+                hand_over(None)
             except RuntimeError:
                 pass
 
