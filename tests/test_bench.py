@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from io import StringIO
 
@@ -15,7 +16,7 @@ from norn_cli.core.errors import ConfigError
 from norn_cli.cli.embed import embedded_hub
 from norn_cli.render.bench import bench_progress, summary_table
 from norn_cli.hub.server import HubServer
-from tests.conftest import TIMEOUT, norn_argv, norn_env, run_norn
+from tests.conftest import TIMEOUT, ThreadHub, norn_argv, norn_env, run_norn
 
 KEYS = {
     "url", "embedded", "loop", "subs", "pubs", "events", "size", "rate", "batch", "keys", "window", "stalled",
@@ -154,3 +155,34 @@ def test_summary_table_and_quiet_progress() -> None:
     assert "1 of 1 (1013 ×1)" in text
     with bench_progress(console) as progress:
         assert progress is None
+
+
+def test_bench_on_a_live_hub_keeps_to_its_own_app_and_warns_of_other_traffic(thread_hub: ThreadHub) -> None:
+    """`--url` typed: a fresh hub gets no warning; one with traffic gets one stderr line first; events go under bench-<random>."""
+    quiet = run_norn("bench", "--url", thread_hub.url, "--subs", "1", "--events", "5", "--json")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning" not in quiet.stderr
+    assert run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "real").returncode == 0
+    busy = run_norn("bench", "--url", thread_hub.url, "--subs", "1", "--events", "5", "--json")
+    assert busy.returncode == 0, busy.stderr
+    warning = busy.stderr.splitlines()[0]
+    assert re.fullmatch(
+        rf"norn: warning: the hub at {re.escape(thread_hub.url)} has other traffic \(\d+ events published, 0 clients connected\); "
+        r"the bench adds about 6 events as app bench-[0-9a-f]{8} to its history, which may push out older events", warning
+    ), warning
+    done = run_norn("--url", thread_hub.url, "tail", "--json", "--last", "100", "--count", "13")
+    apps = {json.loads(line)["appId"] for line in done.stdout.splitlines()}
+    assert "real" in apps and "bench" not in apps
+    assert len([a for a in apps if re.fullmatch(r"bench-[0-9a-f]{8}", a)]) == 2
+
+
+def test_bench_dry_run_says_what_it_would_do_and_sends_nothing() -> None:
+    """`--dry-run` prints one line naming the hub, the app and the load, exit 0, without connecting (port 9 is closed)."""
+    done = run_norn("bench", "--url", "ws://127.0.0.1:9", "--subs", "3", "--events", "500", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"norn bench would publish 500 bench.tick events of about 128 B \(plus a warm-up\) as app bench-[0-9a-f]{8} "
+        r"into the live hub at ws://127.0.0.1:9, from 1 publisher to 3 subscribers; nothing was sent\n", done.stdout
+    ), done.stdout
+    local = run_norn("bench", "--dry-run")
+    assert local.stdout.endswith("as app bench into a hub of its own (a subprocess, stopped afterwards), from 1 publisher to 10 subscribers; nothing was sent\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 from conftest import ROOT, TIMEOUT, ThreadHub, norn_env, run_norn
 
 from norn_cli.cli import norn
+from norn_cli.cli.bash_completion import NornBashComplete
 from norn_cli.cli.completion import SHELLS
 from norn_cli.cli.completion_files import main
 
@@ -62,7 +64,7 @@ def test_completion_prints_clicks_script(shell: str) -> None:
     """`norn completion SHELL` prints the script the installed Click generates for `norn`, and exits 0."""
     result = CliRunner().invoke(norn, ["completion", shell])
     assert result.exit_code == 0, result.output
-    cls = get_completion_class(shell)
+    cls = NornBashComplete if shell == "bash" else get_completion_class(shell)
     assert cls is not None
     assert result.stdout == cls(norn, {}, "norn", "_NORN_COMPLETE").source()
     assert "_NORN_COMPLETE" in result.stdout
@@ -134,6 +136,78 @@ def test_bash_completes_apps_from_the_hub(shell_env: dict[str, str], thread_hub:
     # The hub comes from NORN_URL: on a real command line bash would split a typed URL at its colons.
     env = {**shell_env, "NORN_URL": thread_hub.url}
     assert bash_complete(BASH_LOADS["printed"], "norn tail --app m", env) == ["mail-agent", "metrics"]
+
+
+def test_bash_completes_values_after_a_url_typed_on_the_line(shell_env: dict[str, str], thread_hub: ThreadHub) -> None:
+    """`norn --url ws://127.0.0.1:PORT tail --app <TAB>` offers the hub's apps, not subcommand names."""
+    for app in ("mail-agent", "db"):
+        assert run_norn("--url", thread_hub.url, "emit", "a.b", "--app", app).returncode == 0
+    assert bash_complete(BASH_LOADS["printed"], f"norn --url {thread_hub.url} tail --app ", shell_env) == ["db", "mail-agent"]
+    assert bash_complete(BASH_LOADS["printed"], f"norn --url={thread_hub.url} emit x.y --app=m", shell_env) == ["mail-agent"]
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("norn emit deploy.c", ["deploy.completed"]),
+    ("norn emit forge.", ["forge.completed", "forge.failed", "forge.queued", "forge.step"]),
+    ("norn tail --type dep", ["deploy.*", "deploy.completed", "deploy.failed", "deploy.queued", "deploy.rollback", "deploy.step"]),
+    ("norn tail --type=deploy.f", ["deploy.failed"]),
+])  # fmt: skip
+def test_bash_completes_catalogue_types(shell_env: dict[str, str], line: str, words: list[str]) -> None:
+    """`emit TYPE` and `tail --type` (also as --type=) complete the catalogue's types; tail also its families."""
+    assert bash_complete(BASH_LOADS["printed"], line, shell_env) == words
+
+
+def test_bash_completes_configured_apps_and_run_ids(shell_env: dict[str, str], tmp_path: Path) -> None:
+    """`deploy <TAB>` (and the other run commands) offer the hub's configured apps; `watch <TAB>` its recent run ids, newest first."""
+    from pipeline_support import runner_hub
+
+    toml = '[apps.mail-agent]\n[[apps.mail-agent.deploy]]\nname = "x"\nrun = "true"\n[apps.db]\n[[apps.db.forge]]\nname = "x"\nrun = "true"\n'
+    with runner_hub(toml, tmp_path) as th:
+        env = {**shell_env, "NORN_URL": th.url}
+        for command in ("deploy", "forge", "teardown", "restart", "rollback"):
+            assert bash_complete(BASH_LOADS["printed"], f"norn {command} ", env) == ["db", "mail-agent"], command
+        assert bash_complete(BASH_LOADS["printed"], f"norn --url {th.url} deploy m", shell_env) == ["mail-agent"]
+        first = run_norn("--url", th.url, "deploy", "mail-agent", "--json")
+        second = run_norn("--url", th.url, "forge", "db", "--json")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        ids = [json.loads(done.stdout.splitlines()[0])["payload"]["runId"] for done in (second, first)]
+        assert bash_complete(BASH_LOADS["printed"], "norn watch ", env) == ids
+        assert bash_complete(BASH_LOADS["printed"], f"norn watch {ids[1][:6]}", env) == [ids[1]]
+
+
+def test_run_commands_fall_back_to_recent_apps(shell_env: dict[str, str], thread_hub: ThreadHub) -> None:
+    """A hub without pipelines (no `apps` op): `deploy <TAB>` offers the apps among its recent events."""
+    assert run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "web").returncode == 0
+    assert bash_complete(BASH_LOADS["printed"], f"norn --url {thread_hub.url} restart ", shell_env) == ["web"]
+
+
+def bash_tab(load: str, line: str, env: dict[str, str]) -> str:
+    """The command line after typing LINE and TAB into an interactive bash (readline) whose completion LOAD ran."""
+    term = Terminal([need("bash"), "--norc", "--noprofile", "-i"], {**env, "TERM": "dumb", "PS1": "> ", "INPUTRC": "/dev/null"})
+    try:
+        # The markers are spelt with quotes inside, so the terminal's echo of these commands does not match them.
+        term.send(
+            f"{load}; "
+            """bind -x '"\\C-x": printf "<""<%s>"">\\n" "$READLINE_LINE"; READLINE_LINE='; echo RE''ADY\n"""
+        )
+        term.expect(rb"READY\r?\n")
+        term.send(f"{line}\t\x18")
+        shown = term.expect(rb"<<(.*?)>>").group(1).decode()
+        term.send("exit\n")
+        assert term.proc.wait(TIMEOUT) == 0
+        return shown
+    finally:
+        term.close()
+
+
+@pytest.mark.parametrize("load", BASH_LOADS.values(), ids=BASH_LOADS.keys())
+def test_real_bash_tab_keeps_words_with_colons_and_equals(shell_env: dict[str, str], thread_hub: ThreadHub, load: str) -> None:
+    """Typed into bash's readline, TAB after a URL with ':' completes the app, and `--type=deploy.comp` the type."""
+    assert run_norn("--url", thread_hub.url, "emit", "a.b", "--app", "mail-agent").returncode == 0
+    line = f"norn --url {thread_hub.url} tail --app ma"
+    assert bash_tab(load, line, shell_env) == f"norn --url {thread_hub.url} tail --app mail-agent "
+    assert bash_tab(load, "norn tail --type=deploy.comp", shell_env) == "norn tail --type=deploy.completed "
+    assert bash_tab(load, f"norn --url={thread_hub.url} tail --ap", shell_env) == f"norn --url={thread_hub.url} tail --app "
 
 
 # ------------------------------------------------------------------ zsh

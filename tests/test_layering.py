@@ -150,7 +150,7 @@ def test_cli_top_level_imports_are_minimal() -> None:
                         todo.append(name)
                 else:
                     found.add(name)
-    assert seen == {"norn_cli.cli.main", "norn_cli.cli.common", "norn_cli.cli.serve", "norn_cli.cli.runs", "norn_cli.cli.events", "norn_cli.cli.bench", "norn_cli.cli.completion", "norn_cli.cli.streams"}
+    assert seen == {"norn_cli.cli.main", "norn_cli.cli.common", "norn_cli.cli.serve", "norn_cli.cli.runs", "norn_cli.cli.events", "norn_cli.cli.bench", "norn_cli.cli.completion", "norn_cli.cli.completers", "norn_cli.cli.replay", "norn_cli.cli.init", "norn_cli.cli.streams"}
     assert found <= {
         "__future__", "os", "sys", "errno", "collections.abc", "dataclasses", "typing", "click",
         "norn_cli", "norn_cli.core.errors", "norn_cli.core.kinds",

@@ -15,6 +15,8 @@ from conftest import TIMEOUT, norn_argv, norn_env
 from pipeline_support import runner_hub
 from websockets.sync.client import connect
 
+from norn_cli.core.config import load_config
+
 APPS = """
 [apps.web]
 [[apps.web.deploy]]
@@ -151,15 +153,47 @@ def test_rollback_and_restart(hub_url: str) -> None:
 
 
 def test_demo() -> None:
-    """`norn demo` deploys its sample app on an embedded hub: exit 0, every step completed."""
+    """`norn demo`: v1.0.0 fails at its test step with its output shown, v1.0.1 completes; it names its norn.toml; exit 0."""
     result = norn("demo")
     assert result.returncode == 0, result.stderr
-    steps = [line for line in result.stdout.splitlines() if ": completed in " in line]
-    assert [line.split(":")[0] for line in steps] == ["checkout", "build", "test", "release"]
-    assert re.fullmatch(r"deploy of demo completed in [\d.]+m?s", result.stdout.splitlines()[-1])
+    out = result.stdout.splitlines()
+    steps = [line.split(":")[0] for line in out if ": completed in " in line or ": failed in " in line]
+    assert steps == ["checkout", "build", "test", "checkout", "build", "test", "release"]
+    assert "test | test_login FAILED: expected 200, got 500" in out
+    assert any(re.fullmatch(r"deploy of demo failed at test after [\d.]+m?s: exit status 1", line) for line in out)
+    assert re.fullmatch(r"deploy of demo completed in [\d.]+m?s", out[-1])
+    err = result.stderr.splitlines()
+    assert err[0] == "norn demo: v1.0.0 failed at its test step, as the demo planned; now its fix, v1.0.1"
+    config = re.fullmatch(r"norn demo: that was an embedded hub running the sample (\S+/norn.toml)", err[1]).group(1)  # type: ignore[union-attr]
+    assert err[2] == f"  run it yourself: norn serve --config {config}   then: norn deploy demo v1.0.1"
+    assert err[3].startswith("  your own: norn init writes a commented norn.toml")
+    assert [app.name for app in load_config(Path(config)).apps.values()] == ["demo"]
     as_json = norn("demo", "--json")
     assert as_json.returncode == 0
-    assert json.loads(as_json.stdout.splitlines()[-1])["type"] == "deploy.completed"
+    types = [json.loads(line)["type"] for line in as_json.stdout.splitlines()]
+    assert types.count("deploy.failed") == 1 and types[-1] == "deploy.completed"
+
+
+def test_init_writes_a_norn_toml_serve_reads_and_never_overwrites(tmp_path: Path) -> None:
+    """`norn init` writes ./norn.toml (the folder's name as app, deploy steps, a health URL) that parses; a second run exits 1."""
+    folder = tmp_path / "shop api"
+    folder.mkdir()
+    done = subprocess.run(norn_argv("init"), cwd=folder, capture_output=True, text=True, env=norn_env(), timeout=TIMEOUT * 3)
+    path = folder / "norn.toml"
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr == f"norn: wrote {path} with app shop-api; try: norn serve, then norn deploy shop-api\n"
+    written = path.read_text()
+    config = load_config(path)
+    app = config.apps["shop-api"]
+    assert [step.name for step in app.steps("deploy")] == ["build", "test", "release"]
+    assert app.health == "http://127.0.0.1:8080/healthz"
+    assert config.serve == {}  # every [serve] default is a comment
+    again = subprocess.run(norn_argv("init"), cwd=folder, capture_output=True, text=True, env=norn_env(), timeout=TIMEOUT * 3)
+    assert again.returncode == 1
+    assert again.stderr == f"norn: {path} exists already; left as it is (remove it, or edit it)\n"
+    assert path.read_text() == written
+    named = subprocess.run(norn_argv("init", "--app", "web"), cwd=tmp_path, capture_output=True, text=True, env=norn_env(), timeout=TIMEOUT * 3)
+    assert named.returncode == 0 and list(load_config(tmp_path / "norn.toml").apps) == ["web"]
 
 
 def test_serve_with_config_then_deploy(tmp_path: Path) -> None:

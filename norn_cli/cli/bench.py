@@ -6,7 +6,7 @@ import os
 
 import click
 
-from norn_cli.cli.common import Duration, NornCommand, Settings, run, with_global_options
+from norn_cli.cli.common import Duration, NornCommand, Settings, run, stderr, with_global_options
 
 __all__ = ["bench"]
 
@@ -27,6 +27,7 @@ __all__ = ["bench"]
 @click.option("--timeout", type=Duration(), default="60s", show_default=True, metavar="DURATION", help="Give up the measured phase after DURATION (10s, 2m; bare number: seconds).")
 @click.option("--in-process", is_flag=True, help="Embed the hub in this process (competes with the load for the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line on stdout instead of the table.")
+@click.option("--dry-run", is_flag=True, help="Say what the bench would do (which hub, app, how many events) and exit 0, connecting to nothing.")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -42,17 +43,24 @@ def bench(
     timeout: float,
     in_process: bool,
     as_json: bool,
+    dry_run: bool,
 ) -> None:
     """Measure a hub: publish rate, delivery rate, completeness, drops and latency.
 
     Without --url (here or before the command) it starts a hub of its own on a
-    free port, in a subprocess, and stops it afterwards.
+    free port, in a subprocess, and stops it afterwards. Against a live hub it
+    publishes under an app of its own (bench-<random>) and its subscribers
+    follow only that app; it warns first when the hub has other traffic, since
+    its events go into that hub's history.
 
     \b
     Examples:
       norn bench --subs 100 --events 50000
       norn bench --url ws://127.0.0.1:8800 --subs 10 --rate 2000 --stalled 2 --json
+      norn bench --url ws://127.0.0.1:8800 --dry-run
     """
+    import secrets
+
     from rich.console import Console
 
     from norn_cli.cli.embed import embedded_hub
@@ -65,7 +73,27 @@ def bench(
     cfg = BenchConfig(
         subs=subs, pubs=pubs, events=events, size=size, rate=rate, stalled=stalled,
         window=window, batch=batch, keys=keys, timeout=timeout,
+        app=f"bench-{secrets.token_hex(4)}" if bench_url else "bench",
     )  # fmt: skip
+    total = events + 1  # and one warm-up event
+    if dry_run:
+        where = f"the live hub at {bench_url}" if bench_url else f"a hub of its own ({'in this process' if in_process else 'a subprocess'}, stopped afterwards)"
+        click.echo(
+            f"norn bench would publish {events:,} {cfg.type} events of about {size} B (plus a warm-up) as app {cfg.app} "
+            f"into {where}, from {pubs} publisher{'s' if pubs != 1 else ''} to {subs} subscriber{'s' if subs != 1 else ''}"
+            f"{f' and {stalled} stalled ones' if stalled else ''}; nothing was sent"
+        )
+        return
+    if bench_url is not None:
+        from norn_cli.client.bench import hub_traffic
+
+        traffic = run(hub_traffic(bench_url, token=settings.token))
+        if traffic["published"] or traffic["clients"]:
+            stderr(
+                f"norn: warning: the hub at {bench_url} has other traffic ({traffic['published']:,} events published, "
+                f"{traffic['clients']:,} clients connected); the bench adds about {total:,} events as app {cfg.app} "
+                "to its history, which may push out older events"
+            )
     # The embedded hub must not pick up this shell's hub settings (token, broker, port).
     hub_env = {k: v for k, v in os.environ.items() if not k.startswith("NORN_") or k == "NORN_LOOP"}
     err = Console(stderr=True, no_color=settings.no_color)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # asyncio and friends load only when a command needs them
 
     from norn_cli.client.endpoint import Endpoint
 
-__all__ = ["DEFAULT_URL", "Duration", "NornCommand", "Settings", "global_option_params", "resolve_settings", "with_global_options", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
+__all__ = ["DEFAULT_URL", "Duration", "NornCommand", "Settings", "global_option_params", "peek_hub", "resolve_settings", "with_global_options", "hub_endpoint", "fail", "json_line", "notice", "run", "setup_logging", "stderr"]
 
 T = TypeVar("T")
 DEFAULT_URL = "ws://localhost:8800"
@@ -112,9 +112,18 @@ def _given(ctx: click.Context, name: str) -> tuple[Any, int]:
     return None, 0
 
 
-def peek_url(ctx: click.Context) -> tuple[str, str | None]:
-    """The hub URL and CA file as typed so far, without side effects (for shell completion)."""
-    return _given(ctx, "url")[0] or DEFAULT_URL, _given(ctx, "cafile")[0]
+def peek_hub(ctx: click.Context) -> tuple[str, str | None, str | None]:
+    """The hub URL, token and CA file as typed so far, without side effects or messages (for shell completion)."""
+    token = _given(ctx, "token")[0]
+    token_file = _given(ctx, "token_file")[0]
+    if token is None and token_file is not None:
+        from norn_cli.core.secrets import read_token_file
+
+        try:
+            token = read_token_file(str(token_file))[0]
+        except NornError:
+            token = None
+    return _given(ctx, "url")[0] or DEFAULT_URL, token, _given(ctx, "cafile")[0]
 
 
 def resolve_settings(ctx: click.Context) -> Settings:

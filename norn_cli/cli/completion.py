@@ -19,7 +19,11 @@ def completion(ctx: click.Context, shell: str) -> None:
     """Print the completion script for SHELL, from the installed Click.
 
     The script calls `norn` itself to complete, so commands and options stay
-    current and `--app` offers the apps among the hub's recent events.
+    current; values come from the hub the line names (--url, else NORN_URL):
+    `tail --app` and `emit --app` offer the apps among its recent events,
+    `deploy APP` (and forge, teardown, restart, rollback) its configured apps,
+    `watch` its recent run ids; `emit TYPE` and `tail --type` offer the
+    catalogue's types. bash's script keeps words with ':' and '=' whole.
 
     \b
     Examples:
@@ -29,6 +33,9 @@ def completion(ctx: click.Context, shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
+    from norn_cli.cli.bash_completion import register
+
+    register()  # bash: norn's script, which keeps words with ':' and '=' whole
     shell_complete = get_completion_class(shell)
     assert shell_complete is not None  # Click ships all three
     root = ctx.find_root().command

@@ -8,27 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from norn_cli.cli.common import Duration, NornCommand, Settings, fail, hub_endpoint, json_line, notice, peek_url, run, with_global_options
+from norn_cli.cli.common import Duration, NornCommand, Settings, fail, hub_endpoint, json_line, notice, run, with_global_options
+from norn_cli.cli.completers import complete_apps, complete_type_patterns, complete_types
 from norn_cli.core.errors import ExitCode, NornError
 
 if TYPE_CHECKING:
     from norn_cli.client.connect import Frame
 
 __all__ = ["emit", "tail"]
-
-
-def _complete_apps(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-    """Apps among the hub's recent events; nothing when the hub does not answer quickly."""
-    from norn_cli.client.endpoint import Endpoint
-    from norn_cli.client.tail import recent_apps
-
-    url, cafile = peek_url(ctx)
-    try:
-        endpoint = Endpoint.parse(url)
-    except NornError:
-        return []
-    apps = run(recent_apps(endpoint, cafile=cafile))
-    return [app for app in apps if app.startswith(incomplete)]
 
 
 def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -47,8 +34,8 @@ def _check_since(ctx: click.Context, param: click.Parameter, value: str | None) 
     0: "published (the id is on stdout)", 1: "the hub refused the event", 2: "usage error or an event the catalogue refuses",
     3: "", 4: "",
 })  # fmt: skip
-@click.argument("event_type", metavar="[TYPE]", required=False)
-@click.option("--app", metavar="APP", shell_complete=_complete_apps, help="The app the event is about (its appId); with --file, the default for lines without one.")
+@click.argument("event_type", metavar="[TYPE]", required=False, shell_complete=complete_types)
+@click.option("--app", metavar="APP", shell_complete=complete_apps, help="The app the event is about (its appId); with --file, the default for lines without one.")
 @click.option("--data", metavar="JSON", help="The payload, a JSON object.")
 @click.option(
     "-p", "--payload", "pairs", multiple=True, metavar="KEY=VALUE",
@@ -187,8 +174,8 @@ def _pair_value(value: Any, loads: Callable[[str], Any]) -> str:
     2: "", 3: "the hub is unreachable (or, with --no-reconnect, the connection was lost)", 4: "",
     5: "--timeout passed first", 130: "",
 })  # fmt: skip
-@click.option("--app", "apps", multiple=True, metavar="APP", shell_complete=_complete_apps, help="Only this app's events (repeatable: any of them).")
-@click.option("--type", "types", multiple=True, metavar="PATTERN", help="Only these types, '*' a wildcard, e.g. 'deploy.*' (repeatable).")
+@click.option("--app", "apps", multiple=True, metavar="APP", shell_complete=complete_apps, help="Only this app's events (repeatable: any of them).")
+@click.option("--type", "types", multiple=True, metavar="PATTERN", shell_complete=complete_type_patterns, help="Only these types, '*' a wildcard, e.g. 'deploy.*' (repeatable).")
 @click.option("--since", metavar="ID", callback=_check_since, help="First replay the retained events after this id.")
 @click.option("--last", type=click.IntRange(0), metavar="N", help="First replay the last N retained events.")
 @click.option("--count", type=click.IntRange(1), metavar="N", help="Exit 0 after N events.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -11,6 +12,8 @@ from norn_cli.cli.bench import bench
 from norn_cli.cli.common import global_option_params, stderr
 from norn_cli.cli.completion import completion
 from norn_cli.cli.events import emit, tail
+from norn_cli.cli.init import init
+from norn_cli.cli.replay import replay
 from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
 from norn_cli.cli.serve import serve
 from norn_cli.cli.streams import ensure_standard_fds, finish_output, output_error, silence
@@ -52,13 +55,17 @@ def norn() -> None:
 
 
 norn.params[:0] = global_option_params()
-for command in (bench, serve, *RUN_COMMANDS, watch, demo, emit, tail, completion):
+for command in (bench, serve, *RUN_COMMANDS, watch, demo, init, emit, tail, replay, completion):
     norn.add_command(command)
 
 
 def main() -> None:
     """Console-script entry point: standard fds first, and output failures as one line (exit 1)."""
     ensure_standard_fds()  # before any socket can be given fd 0, 1 or 2
+    if "_NORN_COMPLETE" in os.environ:  # the shell asks for completions (or the script): bash keeps `:` words whole
+        from norn_cli.cli.bash_completion import register
+
+        register()
     code: int | str | None = 0
     try:
         code = norn.main(prog_name="norn", standalone_mode=False)

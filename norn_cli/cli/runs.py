@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import click
 
+from norn_cli.cli.completers import complete_configured_apps, complete_run_ids
 from norn_cli.cli.common import Duration, NornCommand, Settings, hub_endpoint, run, stderr, with_global_options
 from norn_cli.core.kinds import RUN_KINDS, Kind
 from norn_cli.core.errors import ExitCode
@@ -69,7 +70,7 @@ def run_command(kind: Kind) -> click.Command:
             request[kind.arg] = value
         _show_run(settings, request, as_json, attach=attach, quiet=quiet, lines=lines, timeout=timeout)
 
-    params: list[click.Parameter] = [click.Argument(["app"])]
+    params: list[click.Parameter] = [click.Argument(["app"], shell_complete=complete_configured_apps)]
     if kind.arg:
         params.append(click.Argument([kind.arg], required=False))
     params += [
@@ -88,7 +89,7 @@ RUN_COMMANDS = [run_command(kind) for kind in RUN_KINDS]
 
 @with_global_options()
 @click.command(cls=NornCommand, exit_codes=_RUN_EXIT_CODES)
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete_run_ids)
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
 @click.option("--lines", type=click.IntRange(0), default=20, show_default=True, metavar="N", help=_LINES_HELP)
@@ -109,15 +110,31 @@ def watch(settings: Settings, run_id: str, as_json: bool, quiet: bool, lines: in
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.pass_obj
 def demo(settings: Settings, as_json: bool) -> None:
-    """A first look: an embedded hub deploys a sample app, shown live.
+    """A first look: an embedded hub deploys a sample app twice, shown live (about 6 s).
+
+    The first deploy fails at its test step and shows the failing output;
+    the second, the fix, completes. At the end norn says where the sample
+    norn.toml was written, to run it with `norn serve --config`.
 
     \b
     Example:
       norn demo
     """
-    from norn_cli.cli.demo import run_demo
+    import tempfile
+    from pathlib import Path
+
+    from norn_cli.cli.demo import DEMO_TOML, FIXED_REF, run_demo
     from norn_cli.render.pipeline_view import make_view
 
-    state = run(run_demo(make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout)))
-    stderr("that was an embedded hub running a sample norn.toml; write your own: docs/pipelines.md")
-    sys.exit(int(ExitCode.OK if state.ok else ExitCode.FAILED))
+    config = Path(tempfile.mkdtemp(prefix="norn-demo-")) / "norn.toml"
+    config.write_text(DEMO_TOML)
+    broken, fixed = run(run_demo(
+        lambda: make_view(json=as_json, no_color=settings.no_color, stdout=sys.stdout), config,
+        between=lambda text: stderr(f"norn demo: {text}"),
+    ))  # fmt: skip
+    stderr(
+        f"norn demo: that was an embedded hub running the sample {config}\n"
+        f"  run it yourself: norn serve --config {config}   then: norn deploy demo {FIXED_REF}\n"
+        "  your own: norn init writes a commented norn.toml in this folder (docs/pipelines.md has the rest)"
+    )
+    sys.exit(int(ExitCode.OK if fixed.ok and not broken.ok else ExitCode.FAILED))

@@ -38,6 +38,7 @@ from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed
 from norn_cli.core.events import loads
 
 __all__ = [
+    "hub_traffic",
     "BenchConfig",
     "BenchProgress",
     "BenchResult",
@@ -402,7 +403,7 @@ class _Run:
 
     async def connect_subs(self) -> None:
         gate = asyncio.Semaphore(_DIAL_CONCURRENCY)
-        url = self.endpoint.ws_url()
+        url = self.endpoint.ws_url([("app", self.cfg.app)])  # a live hub's other traffic is not ours to count
 
         async def one() -> _Sub:
             async with gate:
@@ -423,7 +424,7 @@ class _Run:
             try:
                 await self.loop.sock_connect(sock, addr)
                 ws = await connect(
-                    self.endpoint.ws_url(), sock=sock, max_queue=1, ping_interval=None,
+                    self.endpoint.ws_url([("app", self.cfg.app)]), sock=sock, max_queue=1, ping_interval=None,
                     compression=None, proxy=None, user_agent_header="norn-bench",
                     server_hostname=host if self.endpoint.secure else None,
                 )  # fmt: skip
@@ -585,6 +586,15 @@ async def _drive(cfg: BenchConfig, run: _Run, on_progress: Callable[[BenchProgre
             r.cancel()
         for api in apis:
             await api.close()
+
+
+async def hub_traffic(url: str, *, token: str | None = None) -> dict[str, int]:
+    """A live hub's `status` counts that say it has other users: `published` events and `clients` now."""
+    from norn_cli.client.connect import ApiClient
+
+    async with ApiClient(Endpoint.parse(url), token=token) as api:
+        status = await api.request({"op": "status"})
+    return {name: int(status.get(name) or 0) for name in ("published", "clients")}
 
 
 async def run_bench(

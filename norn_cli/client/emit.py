@@ -18,6 +18,7 @@ from norn_cli.core.events import dumps, event_key, loads, validate_event
 __all__ = [
     "build_event",
     "build_payload",
+    "checked_event",
     "emit_event",
     "emit_events",
     "emit_from_flags",
@@ -82,6 +83,11 @@ def _checked(obj: Any) -> dict[str, Any]:
     if key is not None:
         event["key"] = key
     return event
+
+
+def checked_event(obj: Any) -> dict[str, Any]:
+    """`obj` as the hub will take it (type, appId, payload, key), validated by its rules; raises EventError."""
+    return _checked(obj)
 
 
 def new_key_prefix() -> str:
@@ -161,15 +167,23 @@ async def stream_ndjson(
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
 
+    def hand_over(line: bytes | None) -> concurrent.futures.Future[None]:
+        put = lines.put(line)
+        try:
+            return asyncio.run_coroutine_threadsafe(put, loop)
+        except RuntimeError:  # the loop is closed: close the coroutine, or it is reported as never awaited
+            put.close()
+            raise
+
     def read() -> None:
         try:
             for line in stream:
-                asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+                hand_over(line).result()
         except (RuntimeError, OSError, ValueError, concurrent.futures.CancelledError):
             pass  # the loop ended, or the input broke: the reader stops either way
         finally:
             try:
-                asyncio.run_coroutine_threadsafe(lines.put(None), loop)
+                hand_over(None)
             except RuntimeError:
                 pass
 

@@ -1,4 +1,4 @@
-"""Following the stream for `norn tail`: stop conditions, the deadline, hub notices, and apps for completion."""
+"""Following the stream for `norn tail`: stop conditions, the deadline and hub notices."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import contextlib
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from norn_cli.client.endpoint import Endpoint
-from norn_cli.client.connect import Frame, Notice, open_connection, subscribe
+from norn_cli.client.connect import Frame, Notice, subscribe
 from norn_cli.core.errors import OperationFailed, TimedOut
-from norn_cli.core.events import loads
 
-__all__ = ["Stop", "failure_type", "recent_apps", "tail"]
+__all__ = ["Stop", "failure_type", "tail"]
 
 HUB_PREFIX = "hub."
 COMPLETED, FAILED = ".completed", ".failed"
@@ -129,34 +127,3 @@ async def tail(
         raise TimedOut(stop.describe_miss(seen)) from None
     return seen
 
-
-async def recent_apps(
-    endpoint: Endpoint, *, cafile: str | None = None, limit: int = 500, budget: float = 1.0, idle: float = 0.25
-) -> list[str]:
-    """The apps among the hub's recent events, for shell completion; [] on any failure.
-
-    Asks `/ws?last=limit` and reads what the replay brings, for at most
-    `budget` seconds and until `idle` seconds pass without a frame.
-    """
-    found: dict[str, None] = {}
-
-    async def collect() -> None:
-        url = endpoint.ws_url([("last", limit)])
-        ws = await open_connection(url, endpoint, cafile=cafile, open_timeout=budget)
-        try:
-            for _ in range(limit):
-                async with asyncio.timeout(idle):
-                    raw = await ws.recv()
-                env: Any = loads(raw)
-                app = env.get("appId") if isinstance(env, dict) else None
-                if isinstance(app, str) and app:
-                    found[app] = None
-        finally:
-            await ws.close()
-
-    try:
-        async with asyncio.timeout(budget):
-            await collect()
-    except Exception:  # completion must never fail loudly
-        pass
-    return sorted(found)

@@ -120,9 +120,10 @@ class Runner:
 
     @property
     def ops(self) -> dict[str, Handler]:
-        """The `/api` ops this runner answers: one per pipeline kind, and `runinfo`."""
+        """The `/api` ops this runner answers: one per pipeline kind, `runinfo` and `apps`."""
         ops: dict[str, Handler] = {kind: partial(self.trigger, kind) for kind in KINDS}
         ops["runinfo"] = self.runinfo
+        ops["apps"] = self.app_names
         return ops
 
     def start(self) -> None:
@@ -178,6 +179,10 @@ class Runner:
         self._remember(run)
         run.task = asyncio.create_task(self._execute(run), name=f"norn run {run.id}")
         return {"runId": run.id, "id": run.queued_id}
+
+    async def app_names(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The configured apps' names, sorted (read-only; for shell completion)."""
+        return {"apps": sorted(self.apps)}
 
     async def runinfo(self, req: dict[str, Any]) -> dict[str, Any]:
         """Find a run to attach to: by `runId`, or the latest of `app` and `kind` (default deploy).
