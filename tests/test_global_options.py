@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from conftest import ThreadHub, run_norn
@@ -66,7 +67,7 @@ def test_serve_takes_verbose_after_the_command() -> None:
 
 def test_serve_token_keeps_its_meaning(tmp_path: Path) -> None:
     """serve's own --token (the token the hub requires) is the only --token of serve."""
-    tokens = [p for p in norn.commands["serve"].params if "--token" in getattr(p, "opts", [])]
+    tokens = [p for p in norn.get_command(click.Context(norn), "serve").params if "--token" in getattr(p, "opts", [])]
     assert len(tokens) == 1 and not isinstance(tokens[0], GlobalOption)
 
 
@@ -116,7 +117,7 @@ def test_missing_token_file_is_exit_2(tmp_path: Path) -> None:
     assert result.stderr == f"norn: cannot read the token file {tmp_path / 'nope'}: No such file or directory\n"
 
 
-@pytest.mark.parametrize("name", sorted(norn.commands))
+@pytest.mark.parametrize("name", norn.list_commands(click.Context(norn)))
 def test_every_command_lists_the_global_options(name: str) -> None:
     """Each command's --help has a section of global options, saying they go before or after it."""
     out = invoke(name, "--help").stdout
@@ -129,7 +130,7 @@ def test_one_definition() -> None:
     """The group and each command share the same option objects' definitions (same flags, same help)."""
     group = {p.name: (tuple(p.opts), p.help) for p in norn.params if isinstance(p, GlobalOption)}
     assert set(group) == {"url", "token", "token_file", "cafile", "verbose", "no_color"}
-    for cmd in norn.commands.values():
+    for cmd in (norn.get_command(click.Context(norn), n) for n in norn.list_commands(click.Context(norn))):
         for p in cmd.params:
             if isinstance(p, GlobalOption) and cmd.name != "bench":
                 assert (tuple(p.opts), p.help) == group[p.name]

@@ -8,16 +8,10 @@ import sys
 import click
 
 from norn_cli import __version__
-from norn_cli.cli.bench import bench
 from norn_cli.cli.common import global_option_params, stderr
-from norn_cli.cli.completion import completion
-from norn_cli.cli.events import emit, tail
-from norn_cli.cli.init import init
-from norn_cli.cli.replay import replay
-from norn_cli.cli.runs import RUN_COMMANDS, demo, watch
-from norn_cli.cli.serve import serve
 from norn_cli.cli.streams import ensure_standard_fds, finish_output, output_error, silence
 from norn_cli.core.errors import EXIT_CODE_HELP, ExitCode
+from norn_cli.core.kinds import RUN_KINDS
 
 __all__ = ["main", "norn"]
 
@@ -26,8 +20,39 @@ _EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
 )
 
 
+# Where each command is defined: a module is imported only when its command runs (or for help),
+# so `norn emit` does not pay for building serve's, bench's or the run commands' options.
+COMMANDS: dict[str, str] = {
+    "bench": "norn_cli.cli.bench:bench",
+    "serve": "norn_cli.cli.serve:serve",
+    **{kind.name: "norn_cli.cli.runs:RUN_COMMANDS" for kind in RUN_KINDS},
+    "watch": "norn_cli.cli.runs:watch",
+    "demo": "norn_cli.cli.runs:demo",
+    "init": "norn_cli.cli.init:init",
+    "emit": "norn_cli.cli.events:emit",
+    "tail": "norn_cli.cli.events:tail",
+    "replay": "norn_cli.cli.replay:replay",
+    "completion": "norn_cli.cli.completion:completion",
+}
+
+
 class _Group(click.Group):
-    """The top-level list shows each command's whole first sentence, never cut with '...'."""
+    """Commands loaded on first use (COMMANDS); the top-level list shows each command's whole
+    first sentence, never cut with '...'."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            module, _, attr = COMMANDS[cmd_name].partition(":")
+            found = getattr(importlib.import_module(module), attr)
+            if isinstance(found, list):  # the run commands, one per pipeline kind
+                found = next(c for c in found if c.name == cmd_name)
+            self.add_command(found, cmd_name)
+        return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
@@ -55,8 +80,6 @@ def norn() -> None:
 
 
 norn.params[:0] = global_option_params()
-for command in (bench, serve, *RUN_COMMANDS, watch, demo, init, emit, tail, replay, completion):
-    norn.add_command(command)
 
 
 def main() -> None:
