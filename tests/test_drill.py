@@ -118,6 +118,16 @@ async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subpr
         proc = await asyncio.create_subprocess_exec(
             "haproxy", "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
+    try:
+        return proc, await _haproxy_ready(port)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+
+
+async def _haproxy_ready(port: int) -> int:
+    """The port once a request through haproxy reaches a healthy hub."""
     async with asyncio.timeout(TIMEOUT):
         while True:  # each try is a real request through haproxy to a hub
             try:
@@ -135,7 +145,7 @@ async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subpr
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
             if head.startswith(b"HTTP/1.1 200"):
-                return proc, port
+                return port
 
 
 async def test_kill_a_hub_every_2s_behind_haproxy_nothing_lost_nothing_doubled(tmp_path: Path) -> None:
