@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -13,7 +13,10 @@ from norn_cli.cli.completers import complete_apps, complete_type_patterns, compl
 from norn_cli.core.errors import ExitCode, NornError
 
 if TYPE_CHECKING:
-    from norn_cli.client.connect import Frame
+    from norn_cli.client.connect import ConnectionState, Frame
+    from norn_cli.render.reconnect import StatusLine
+
+T = TypeVar("T")
 
 __all__ = ["emit", "tail"]
 
@@ -203,9 +206,11 @@ def tail(
 ) -> None:
     """Stream events as they happen, filtered by the hub.
 
-    A lost connection is reported on stderr, retried with backoff and
-    resumed after the last event printed, so nothing still retained is
-    missed or repeated. In --format templates, a payload key an event lacks
+    A lost connection is retried with backoff and resumed after the last
+    event printed, so nothing still retained is missed or repeated. On a
+    terminal, stderr shows one status line updated in place while the hub is
+    away, then one line when it is back; elsewhere, one line when the hub is
+    lost and one when it is back. In --format templates, a payload key an event lacks
     renders empty; a name other than type, appId, payload, id, ts is an error.
 
     \b
@@ -221,21 +226,55 @@ def tail(
         raise click.UsageError("--json and --format are alternatives; pick one")
     endpoint = hub_endpoint(settings)
     on_frame = _frame_writer(settings, as_json, template)
-    on_connect = (lambda url: notice(f"subscribed to {url}")) if settings.verbose else None
-    run(tailing.tail(
+    err = _Stderr(settings)
+    on_connect = (lambda url: err.notice(f"subscribed to {url}")) if settings.verbose else None
+    run(err.around(tailing.tail(
         endpoint, on_frame, apps=apps, types=types, since=since, last=last,
         stop=tailing.Stop(count=count, until=until, timeout=timeout), reconnect=not no_reconnect,
-        cafile=settings.cafile, hub_frames=as_json, on_gap=lambda since, oldest: _warn_gap(str(endpoint), since, oldest),
-        on_notice=notice, on_connect=on_connect,
-    ), stream=True)  # fmt: skip
+        cafile=settings.cafile, hub_frames=as_json, on_gap=lambda since, oldest: _warn_gap(err.notice, str(endpoint), since, oldest),
+        on_state=err.connection, on_connect=on_connect,
+    )), stream=True)  # fmt: skip
 
 
-def _warn_gap(hub: str, since: str, oldest: str) -> None:
+class _Stderr:
+    """tail's stderr: connection changes on one StatusLine (made at the first change), and notices that
+    never land on the end of a status line left on screen."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.no_color = settings.no_color
+        self._status: StatusLine | None = None
+
+    def connection(self, state: ConnectionState) -> None:
+        if self._status is None:
+            from rich.console import Console
+
+            from norn_cli.render.reconnect import StatusLine
+
+            self._status = StatusLine(Console(stderr=True, no_color=self.no_color or None, highlight=False))
+        self._status.show(state)
+
+    def notice(self, message: str) -> None:
+        self.end()
+        notice(message)
+
+    def end(self) -> None:
+        if self._status is not None:
+            self._status.end()
+
+    async def around(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro`; however it ends, finish the status line before anything says why."""
+        try:
+            return await coro
+        finally:
+            self.end()
+
+
+def _warn_gap(say: Callable[[str], None], hub: str, since: str, oldest: str) -> None:
     """Name the hub and the range that may be missing."""
     if oldest:
-        notice(f"warning: events after {since} and before {oldest} may be missing: the hub at {hub} no longer has them")
+        say(f"warning: events after {since} and before {oldest} may be missing: the hub at {hub} no longer has them")
     else:
-        notice(
+        say(
             f"warning: events after {since} may be missing: the hub at {hub} has nothing from before it reconnected us "
             "(it restarted or trimmed its history)"
         )

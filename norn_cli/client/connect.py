@@ -9,7 +9,8 @@ import errno
 import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -18,7 +19,7 @@ from norn_cli.core.errors import ConfigError, HubUnreachable, OperationFailed, U
 from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.events import dumps, loads
 
-__all__ = ["ApiClient", "Frame", "open_connection", "publish_stream", "subscribe"]
+__all__ = ["ApiClient", "ConnectionState", "Frame", "open_connection", "publish_stream", "subscribe"]
 
 Notice = Callable[[str], None]
 MAX_EVENT_FRAME = 1 << 20
@@ -61,7 +62,7 @@ async def open_connection(
             raise Unauthorized(f"the hub at {endpoint} refused this token (HTTP 401); check --token / NORN_TOKEN") from None
         if status == 403:
             raise Unauthorized(f"the hub at {endpoint} refused us (HTTP {status}){detail}") from None
-        raise HubUnreachable(f"the hub at {endpoint} answered HTTP {status}{detail}") from None
+        raise HubUnreachable(f"the hub at {endpoint} answered HTTP {status}{detail}", reason=f"HTTP {status}{detail}") from None
     except InvalidURI as exc:
         raise ConfigError(f"bad hub URL {url!r}: {exc}") from None
     except ssl.SSLCertVerificationError as exc:
@@ -81,7 +82,7 @@ async def open_connection(
             reason = "timed out"
         elif isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
             reason = "connection refused"
-        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {reason}") from None
+        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {reason}", reason=reason) from None
 
 
 # What OpenSSL says when the other end does not speak TLS (an HTTP server answering a ClientHello).
@@ -287,6 +288,24 @@ def _resume_anchor(ws: ClientConnection) -> str | None:
     return f"{seconds * 1000 - 1}-999999999999999"
 
 
+@dataclass(frozen=True)
+class ConnectionState:
+    """A change in a subscription's connection, for the caller to show as it likes.
+
+    `lost`: the connection dropped (`reason` says why). `retrying`: attempt
+    number `attempt` since then failed (`reason`), the next comes in `delay`
+    seconds. `back`: connected again on attempt `attempt`, resuming after
+    `resume_after` (None: from where the subscription started).
+    """
+
+    kind: Literal["lost", "retrying", "back"]
+    hub: str
+    reason: str = ""
+    attempt: int = 0
+    delay: float = 0.0
+    resume_after: str | None = None
+
+
 async def subscribe(
     endpoint: Endpoint,
     *,
@@ -296,7 +315,7 @@ async def subscribe(
     last: int | None = None,
     reconnect: bool = True,
     cafile: str | None = None,
-    on_notice: Notice | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
     give_up_after: float | None = None,
     backoff: tuple[float, float] = (0.2, 5.0),
     on_connect: Notice | None = None,
@@ -307,10 +326,13 @@ async def subscribe(
     reconnects with exponential backoff and jitter and resumes from the last
     id it yielded, so nothing still retained is lost or repeated. The first
     connection failing, `reconnect=False`, or `give_up_after` seconds without
-    a connection raise HubUnreachable. `on_connect` is told the URL each time
-    a connection is established.
+    a connection raise HubUnreachable. `on_state` hears each change of the
+    connection (lost, each failed attempt, back); `on_connect` is told the
+    URL each time a connection is established.
     """
-    notice = on_notice or (lambda _msg: None)
+    tell = on_state or (lambda _state: None)
+    hub = str(endpoint)
+    attempt = 0
     last_id = since
     anchor: str | None = None
     connected_once = False
@@ -325,15 +347,16 @@ async def subscribe(
         except HubUnreachable as exc:
             if not connected_once or not reconnect:
                 raise
+            attempt += 1
             if give_up_after is not None and lost_at is not None and loop.time() - lost_at > give_up_after:
                 raise HubUnreachable(f"{exc.message}; gave up after {give_up_after:g}s") from None
             pause = delay * (0.5 + random.random())
-            notice(f"{exc.message}; retrying in {pause:.1f}s")
+            tell(ConnectionState("retrying", hub, exc.reason, attempt, pause))
             await asyncio.sleep(pause)
             delay = min(delay * 2, backoff[1])
             continue
         if connected_once:
-            notice(f"reconnected to {endpoint}" + (f", resuming after {last_id}" if last_id else ""))
+            tell(ConnectionState("back", hub, attempt=attempt + 1, resume_after=last_id))
         elif last_id is None and last is None:
             anchor = _resume_anchor(ws)
         if on_connect is not None:
@@ -341,6 +364,7 @@ async def subscribe(
         connected_once = True
         delay = backoff[0]
         lost_at = None
+        attempt = 0
         try:
             async for raw in ws:
                 text = raw if isinstance(raw, str) else raw.decode()
@@ -361,5 +385,5 @@ async def subscribe(
         if not reconnect:
             raise HubUnreachable(f"lost the hub at {endpoint}: {reason}")
         lost_at = loop.time()
-        notice(f"lost the hub at {endpoint} ({reason}); reconnecting")
+        tell(ConnectionState("lost", hub, reason))
 

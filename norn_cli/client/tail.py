@@ -1,4 +1,4 @@
-"""Following the stream for `norn tail`: stop conditions, the deadline and hub notices."""
+"""Following the stream for `norn tail`: stop conditions, the deadline, hub notices and connection changes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from norn_cli.client.endpoint import Endpoint
-from norn_cli.client.connect import Frame, Notice, subscribe
+from norn_cli.client.connect import ConnectionState, Frame, Notice, subscribe
 from norn_cli.core.errors import OperationFailed, TimedOut
 
 __all__ = ["Stop", "failure_type", "tail"]
@@ -70,14 +70,15 @@ async def tail(
     cafile: str | None = None,
     hub_frames: bool = False,
     on_gap: Callable[[str, str], None] | None = None,
-    on_notice: Notice | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
     on_connect: Notice | None = None,
 ) -> int:
     """Hand each event to `on_frame` until `stop` says done; return how many were handed over.
 
     `hub.*` frames are the hub's own notices: `on_gap(since, oldest)` hears of
     a possible gap, and `on_frame` sees them only with `hub_frames`. They do
-    not count as events. Raises OperationFailed when the `.failed` twin of a
+    not count as events. `on_state` hears the connection's changes (lost,
+    each failed attempt, back), as `client.subscribe` tells them. Raises OperationFailed when the `.failed` twin of a
     `.completed` `until` type comes first, TimedOut when the deadline passes
     unsatisfied (an open-ended tail is satisfied by any event), and
     HubUnreachable as `client.subscribe` does.
@@ -89,7 +90,7 @@ async def tail(
         nonlocal seen
         frames = subscribe(
             endpoint, apps=apps, types=_subscribed_types(types, stop), since=since, last=last,
-            reconnect=reconnect, cafile=cafile, on_notice=on_notice, on_connect=on_connect,
+            reconnect=reconnect, cafile=cafile, on_state=on_state, on_connect=on_connect,
         )  # fmt: skip
         async with contextlib.aclosing(frames):
             async for frame in frames:

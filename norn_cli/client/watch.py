@@ -37,6 +37,7 @@ class RunView(Protocol):
     def apply(self, env: dict[str, Any]) -> None: ...
     def refresh(self) -> None: ...
     def notice(self, text: str) -> None: ...
+    def connection(self, state: client.ConnectionState) -> None: ...
     def stop(self) -> None: ...
     def detached(self, hint: str | None) -> None: ...
 
@@ -108,12 +109,17 @@ async def find_run(
 
 
 async def run_events(
-    endpoint: Endpoint, target: Target, *, cafile: str | None = None, on_notice: Callable[[str], None] | None = None
+    endpoint: Endpoint,
+    target: Target,
+    *,
+    cafile: str | None = None,
+    on_state: Callable[[client.ConnectionState], None] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """The run's envelopes (and any `hub.gap`), replayed then live, ending with its last event."""
+    """The run's envelopes (and any `hub.gap`), replayed then live, ending with its last event;
+    `on_state` hears the subscription's connection changes."""
     where: dict[str, Any] = {"since": target.since} if target.since else {"last": EVERYTHING}
     frames = client.subscribe(
-        endpoint, apps=[target.app], cafile=cafile, on_notice=on_notice, give_up_after=GIVE_UP_AFTER, **where
+        endpoint, apps=[target.app], cafile=cafile, on_state=on_state, give_up_after=GIVE_UP_AFTER, **where
     )
     async with aclosing(frames):
         async for frame in frames:
@@ -245,5 +251,5 @@ async def _show(
 ) -> RunState:
     hint = f"detached; the {target.kind} goes on at the hub. Re-attach with: {target.reattach}" if reattach else None
     view.state.run_id, view.state.kind = target.run_id, target.kind
-    events = run_events(endpoint, target, cafile=cafile, on_notice=view.notice)
+    events = run_events(endpoint, target, cafile=cafile, on_state=view.connection)
     return await show_run(events, view, detach_hint=hint, timeout=timeout)

@@ -68,9 +68,14 @@ class ConfigError(NornError):
 
 
 class HubUnreachable(NornError):
-    """The hub could not be reached, or the connection was lost."""
+    """The hub could not be reached, or the connection was lost; `reason` is the why alone
+    (`connection refused`), for callers that name the hub themselves."""
 
     exit_code = ExitCode.UNREACHABLE
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class Unauthorized(NornError):

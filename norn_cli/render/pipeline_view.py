@@ -24,6 +24,7 @@ from rich.text import Text
 from norn_cli.core.events import dumps
 from norn_cli.core.run_state import DONE, FAILED, PENDING, SKIPPED, RunState, StepState
 from norn_cli.render.plain import escape_control, format_duration
+from norn_cli.render.reconnect import ConnectionChange, StatusLine, describe_change
 
 __all__ = [
     "JsonView",
@@ -177,9 +178,20 @@ class LiveView:
         self.state = RunState()
         self.renderer = PipelineRenderer()
         self._live: Live | None = None
+        self._away: str | None = None  # while the hub is away: the status line under the run
 
     def _frame(self) -> RenderableType:
-        return self.renderer.render(self.state, self.clock())
+        frame = self.renderer.render(self.state, self.clock())
+        return frame if self._away is None else Group(frame, Text(self._away, style="yellow"))
+
+    def connection(self, change: ConnectionChange) -> None:
+        """The hub away: one line in the view, redrawn per attempt; back: that line goes, one notice says so."""
+        if change.kind == "back":
+            self._away = None
+            self.notice(describe_change(change))
+        else:
+            self._away = describe_change(change)
+        self.refresh()
 
     def start(self) -> None:
         self._live = Live(self._frame(), console=self.out, auto_refresh=False, transient=False)
@@ -218,6 +230,7 @@ class _AppendOnly:
 
     live = False
     err: Console
+    _status: StatusLine | None = None
 
     def start(self) -> None:
         pass
@@ -226,9 +239,20 @@ class _AppendOnly:
         pass
 
     def stop(self) -> None:
-        pass
+        self._end_status()
+
+    def connection(self, change: ConnectionChange) -> None:
+        """On a terminal stderr one status line redrawn in place; else a line when lost and one when back."""
+        if self._status is None:
+            self._status = StatusLine(self.err, prefix="")
+        self._status.show(change)
+
+    def _end_status(self) -> None:
+        if self._status is not None:
+            self._status.end()
 
     def notice(self, text: str) -> None:
+        self._end_status()
         self.err.print(Text(escape_control(text)), soft_wrap=True, highlight=False)
 
     def detached(self, hint: str | None) -> None:
@@ -278,6 +302,7 @@ class LinesView(_AppendOnly):
                 self._line(f"{escape_control(step.name)}: still running, {_seconds(now - since)}")
 
     def _line(self, text: str) -> None:
+        self._end_status()
         self.out.print(Text(text), soft_wrap=True, highlight=False)
 
     def apply(self, env: dict[str, Any]) -> None:
