@@ -348,6 +348,11 @@ class Filter:
         """Subscribers with equal keys share one fan-out group."""
         return self.apps, self.types
 
+    @property
+    def exact_types(self) -> frozenset[str] | None:
+        """The types matched when every pattern is a plain name (no wildcard), else None."""
+        return self._exact if self.types is not None and self._globs is None else None
+
     def match_type(self, etype: str) -> bool:
         if self.types is None:
             return True

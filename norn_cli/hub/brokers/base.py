@@ -127,6 +127,9 @@ class Broker(abc.ABC):
     """Seconds a publish key is remembered; set before `start`."""
     _key_window: KeyWindow | None = None
     _key_lock: asyncio.Lock | None = None
+    sole_writer: bool = False
+    """True when no other hub publishes into this broker's history (memory,
+    SQLite): a pipeline run found unfinished there at startup was this hub's."""
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:
@@ -228,15 +231,22 @@ class IdClock:
     """Issues `<ms>-<seq>` ids, strictly increasing even if the clock steps back.
 
     The first id is in a millisecond after the clock's creation, so it is
-    above every id issued by a process that stopped before this one began.
+    above every id issued by a process that stopped before this one began;
+    with `after` (a stored last id) it is also above that id, wherever the
+    clock is. A sequence that would pass `max_seq` within one millisecond
+    moves on to the next millisecond instead (for stores that pack an id
+    into one integer).
     """
 
-    __slots__ = ("_ms", "_seq", "floor")
+    __slots__ = ("_ms", "_seq", "floor", "max_seq")
 
-    def __init__(self) -> None:
+    def __init__(self, after: EventId | None = None, *, max_seq: int = 1 << 62) -> None:
         self._ms = int(time.time() * 1000) + 1
         self._seq = -1
-        self.floor: EventId = (self._ms, -1)  # below every id this clock issues
+        if after is not None and after >= (self._ms, -1):
+            self._ms, self._seq = after
+        self.max_seq = max_seq
+        self.floor: EventId = (self._ms, self._seq)  # below every id this clock issues
 
     def next(self) -> tuple[EventId, int]:
         now = int(time.time() * 1000)
@@ -244,4 +254,7 @@ class IdClock:
             self._ms, self._seq = now, 0
         else:
             self._seq += 1
+            if self._seq > self.max_seq:
+                self._ms += 1
+                self._seq = 0
         return (self._ms, self._seq), now

@@ -19,6 +19,7 @@ class MemoryBroker(Broker):
     """
 
     name = "memory"
+    sole_writer = True
 
     def __init__(self, history: int = 10_000) -> None:
         if history < 0:
