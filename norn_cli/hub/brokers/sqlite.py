@@ -1,0 +1,676 @@
+"""The Broker interface on an SQLite file (stdlib sqlite3, WAL): one hub's history, kept across restarts and crashes.
+
+Publishing: the events are numbered and encoded on the event loop, then
+queued for one writer thread, which commits everything waiting when it
+wakes in one transaction (group commit). Only after COMMIT are the events
+handed to the hub, so a subscriber never sees an event a crash could take
+back, and only then are the publishers acknowledged. The loop never waits
+for the disk: while the writer commits, fan-out goes on.
+
+Replays read in their own threads (WAL lets them read while the writer
+writes) and stop at the last event delivered, so the hub's handoff to live
+events (`Hub.catch_up`) has no gap and no duplicate.
+
+Retention, by count (`history`) and by age (`retention`), is pruned by the
+writer thread in small transactions between commits; deleted pages are
+reused, so the file stops growing once retention is reached.
+
+An id `<ms>-<seq>` is stored as one integer, `ms << 20 | seq` (the rowid):
+ids and rows share one order. The clock restarts after the stored last id,
+so ids keep increasing across restarts even when the wall clock went back.
+
+A lock file beside the database (`PATH.lock`, holding the hub's pid) keeps
+a second hub off the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from operator import itemgetter
+from pathlib import Path
+from typing import IO, Any
+
+from norn_cli.core.errors import ConfigError
+from norn_cli.core.events import Event, EventId, Filter, format_id, make_event
+from norn_cli.hub.brokers.base import Broker, Deliver, IdClock, Item, Receiver, Replay, Unavailable
+
+__all__ = ["SCHEMA_VERSION", "SqliteBroker", "id_of", "key_of", "parse_sqlite_url"]
+
+log = logging.getLogger("norn.sqlite")
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x6E6F726E  # "norn", in the file header: tells our files from other SQLite files
+SEQ_BITS = 20
+SEQ_MAX = (1 << SEQ_BITS) - 1
+KEY_MAX = (1 << 63) - 1
+PRUNE_STEP = 1000  # rows deleted per pruning transaction: a short lock, often
+AGE_CHECK = 1.0  # seconds between checks for events past the age limit
+PROBE_EVERY = 0.5  # seconds between test writes while writes fail
+PROBE_BYTES = 64 * 1024  # a test write this big must fit before the hub calls itself healthy again
+BUSY_TIMEOUT_MS = 5000
+READERS = 2  # threads answering replays
+FSYNC = {"normal": "NORMAL", "always": "FULL"}
+
+_SCHEMA = (
+    # key: the id, ms << 20 | seq; data: the envelope exactly as subscribers get it
+    "CREATE TABLE events (key INTEGER PRIMARY KEY, type TEXT NOT NULL, app TEXT NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX events_by_type ON events (type, key)",
+    # last_key: the newest id ever stored (0: none), ids continue above it;
+    # floor_key: every event above it is retained (below the first id, or the last pruned)
+    "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), last_key INTEGER NOT NULL,"
+    " floor_key INTEGER NOT NULL, count INTEGER NOT NULL)",
+    "CREATE TABLE probe (data BLOB)",  # test writes while the disk is full
+)
+
+
+def key_of(eid: EventId) -> int:
+    """The stored integer for an id; an id between two possible keys maps to the lower one."""
+    ms, seq = eid
+    return min(KEY_MAX, (ms << SEQ_BITS) + min(seq, SEQ_MAX))
+
+
+def id_of(key: int) -> EventId:
+    return key >> SEQ_BITS, key & SEQ_MAX
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """`sqlite://PATH[?max_pages=N]` -> (PATH, options); ValueError when malformed.
+
+    Everything after `sqlite://` is the path: `sqlite:///var/lib/norn/events.db`
+    is absolute, `sqlite://events.db` relative to the current directory.
+    """
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not an sqlite:// URL: {url!r}")
+    path, _, query = url[len("sqlite://") :].partition("?")
+    if not path:
+        raise ValueError("an sqlite:// broker URL needs a path, e.g. sqlite:///var/lib/norn/events.db")
+    options: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        name, _, value = part.partition("=")
+        if name != "max_pages" or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"unknown or bad option {part!r} in {url!r} (known: max_pages=N)")
+        options[name] = value
+    return path, options
+
+
+class _Group:
+    """Events one publish call handed over, and the future its caller awaits."""
+
+    __slots__ = ("events", "future")
+
+    def __init__(self, events: list[Event], future: asyncio.Future[list[Event]]) -> None:
+        self.events = events
+        self.future = future
+
+
+class SqliteBroker(Broker):
+    """One hub's durable history in an SQLite file.
+
+    While writes fail (disk full, I/O error), `problem` says so and the
+    publishes of each failed group raise `Unavailable`; a test write every
+    half second (and every publish) finds out when the disk takes writes
+    again, and then the hub is healthy without a restart.
+    """
+
+    name = "sqlite"
+    sole_writer = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        history: int = 10_000,
+        retention: float | None = None,
+        fsync: str = "normal",
+        max_pages: int | None = None,
+    ) -> None:
+        if history < 0:
+            raise ValueError("history must be >= 0")
+        if retention is not None and retention <= 0:
+            raise ValueError("retention must be a positive number of seconds")
+        if fsync not in FSYNC:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC)}, got {fsync!r}")
+        self.path = Path(path).absolute()
+        self.history = history
+        self.retention = retention
+        self.fsync = fsync
+        self.max_pages = max_pages
+        self._deliver: Deliver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db: sqlite3.Connection | None = None  # the writer thread's
+        self._lock_file: IO[str] | None = None
+        self._clock = IdClock()
+        self._cond = threading.Condition()
+        self._queue: list[_Group] = []
+        self._stopping = False  # the writer thread ends once the queue is empty
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._problem: str | None = "the SQLite broker has not started"
+        # Written by the writer thread, read anywhere (single int assignments).
+        self._count = 0
+        self._floor = 0
+        self._oldest: int | None = None
+        self._stored = 0  # the newest key committed
+        self._delivered = 0  # the newest key handed to the hub (the loop's)
+        self._commits = 0
+        self._committed = 0
+        self._commit_seconds = 0.0
+        self._write_errors = 0
+        self._pruned = 0
+        self._next_age_check = 0.0
+        self._next_probe = 0.0
+        self._next_prune = 0.0  # after a failed step, wait before the next
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SqliteBroker:
+        path, options = parse_sqlite_url(url)
+        if "max_pages" in options:
+            kwargs["max_pages"] = int(options["max_pages"])
+        return cls(path, **kwargs)
+
+    async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:
+        """Open (or create) the database, then start the writer thread.
+
+        Raises ConfigError, with one sentence naming the file and what to do,
+        when the file cannot serve as this hub's history.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._open()
+        self._deliver = deliver
+        self._problem = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="norn-sqlite-read")
+        self._writer = threading.Thread(target=self._write_loop, name="norn-sqlite-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the threads, close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+            # The writer's last callbacks are queued on the loop before this
+            # wait ends, so every group is answered by the time we go on.
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._problem = "the SQLite broker is closed"
+        self._deliver = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
+
+    def _open(self) -> None:
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder {path.parent} for the SQLite broker ({_reason(exc)}); "
+                "create it, or use a file in a writable folder"
+            ) from None
+        self._lock()
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._unlock()
+            raise ConfigError(f"cannot write to {path} ({exc}); make it and its folder writable, or use another file") from None
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            self._unlock()
+            raise
+        self._db = db
+
+    def _lock(self) -> None:
+        """Take `PATH.lock`, or say which hub holds it."""
+        lock_path = Path(f"{self.path}.lock")
+        try:
+            f = open(lock_path, "a+", encoding="ascii")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to {self.path} ({_reason(exc)}); make it and its folder writable, or use another file"
+            ) from None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no second-hub check
+            self._lock_file = f
+            return
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise ConfigError(
+                f"{self.path} is in use by another norn hub ({who}); stop that hub, or give this one another file"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Check (or create) the schema, set the pragmas, read the state row."""
+        path = self.path
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path} is not a norn database ({exc}); move it away, or use another file") from None
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            raise ConfigError(
+                f"{path} is not a norn database (it is some other SQLite database); move it away, or use another file"
+            )
+        if app_id == APPLICATION_ID and version < 1:
+            raise ConfigError(f"{path} is not a norn database (it has no schema version); move it away, or use another file")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{path} was written by a newer norn (schema {version}; this norn knows {SCHEMA_VERSION}); "
+                "upgrade norn, or use another file"
+            )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"it cannot use write-ahead logging (journal mode {mode})")
+            db.execute(f"PRAGMA synchronous = {FSYNC[self.fsync]}")
+            db.execute("PRAGMA journal_size_limit = 16777216")
+            if self.max_pages is not None:
+                db.execute(f"PRAGMA max_page_count = {int(self.max_pages)}")
+            if app_id == 0:
+                self._create(db)
+            row = db.execute("SELECT last_key, floor_key, count FROM state WHERE id = 0").fetchone()
+            first = db.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot write to {path} ({exc}); make it and its folder writable, or use another file") from None
+        if row is None:
+            raise ConfigError(f"{path} is not a norn database (its state row is missing); move it away, or use another file")
+        self._stored, self._floor, self._count = row
+        self._delivered = self._stored
+        self._oldest = first[0] if first else None
+        self._clock = IdClock(id_of(max(self._stored, self._floor)), max_seq=SEQ_MAX)
+
+    def _create(self, db: sqlite3.Connection) -> None:
+        """A new database: the schema, and a floor just below the first id."""
+        floor = key_of(IdClock().floor)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA:  # not executescript: it would COMMIT before the pragmas
+                db.execute(stmt)
+            db.execute("INSERT INTO state (id, last_key, floor_key, count) VALUES (0, 0, ?, 0)", (floor,))
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("created the norn database %s", self.path)
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(self, items: Sequence[Item]) -> list[Event]:
+        """Number and encode the events, then wait until the writer has committed them.
+
+        Raises Unavailable when their transaction failed (nothing of it is kept).
+        """
+        if self._closed or self._loop is None:
+            raise Unavailable("the hub is shutting down; nothing was published")
+        if not items:
+            return []
+        clock = self._clock
+        events = []
+        for etype, app, payload in items:
+            key, ms = clock.next()
+            events.append(make_event(key, etype, app, payload, ms))
+        group = _Group(events, self._loop.create_future())
+        with self._cond:
+            self._queue.append(group)
+            if len(self._queue) == 1:
+                self._cond.notify()
+        return await group.future
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit what is queued, prune and probe in between."""
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._stopping:
+                    wait = self._housekeeping_due()
+                    if wait <= 0:
+                        break
+                    cond.wait(wait)
+                groups, self._queue = self._queue, []
+                stopping = self._stopping
+            if groups:
+                self._commit(groups)
+                self._housekeep(busy=sum(len(g.events) for g in groups))
+            elif stopping:
+                return
+            else:
+                self._housekeep()
+
+    def _commit(self, groups: list[_Group]) -> None:
+        db = self._db
+        assert db is not None
+        rows = [(key_of(ev.key), ev.type, ev.app, ev.data) for g in groups for ev in g.events]
+        last = rows[-1][0]
+        started = time.perf_counter()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO events (key, type, app, data) VALUES (?, ?, ?, ?)", rows)
+            db.execute("UPDATE state SET last_key = ?, count = count + ? WHERE id = 0", (last, len(rows)))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if not self._landed(db, last):
+                self._write_failed(exc)
+                self._post(self._refuse, groups, self._problem)
+                return
+            log.warning("a commit to %s reported an error but is on disk: %s", self.path, exc)
+        self._commit_seconds += time.perf_counter() - started
+        self._commits += 1
+        self._committed += len(rows)
+        self._stored = last
+        self._count += len(rows)
+        if self._oldest is None:
+            self._oldest = rows[0][0]
+        if self._problem is not None:
+            self._healed()
+        self._post(self._hand_over, groups)
+
+    def _landed(self, db: sqlite3.Connection, last: int) -> bool:
+        """After a failed COMMIT: roll back what is open, and tell whether the group is stored anyway."""
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return db.execute("SELECT 1 FROM events WHERE key = ?", (last,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def _post(self, callback: Any, *args: Any) -> None:
+        """Run `callback(*args)` on the event loop (in order with earlier posts)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    def _hand_over(self, groups: list[_Group]) -> None:
+        """On the loop, after COMMIT: deliver the events to the hub, then acknowledge."""
+        events = [ev for g in groups for ev in g.events] if len(groups) > 1 else groups[0].events
+        self._delivered = key_of(events[-1].key)
+        if self._deliver is not None:
+            try:
+                self._deliver(events)
+            except Exception:  # the hub's bug must not leave publishers waiting
+                log.exception("delivering committed events failed")
+        for g in groups:
+            if not g.future.done():
+                g.future.set_result(g.events)
+
+    @staticmethod
+    def _refuse(groups: list[_Group], problem: str | None) -> None:
+        message = f"{problem}; nothing was published, try again when the hub is healthy"
+        for g in groups:
+            if not g.future.done():
+                g.future.set_exception(Unavailable(message))
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        self._write_errors += 1
+        problem = f"cannot write to {self.path} ({_write_reason(exc)})"
+        if problem != self._problem:
+            log.warning("%s; publishes are refused until writes succeed again", problem)
+        self._problem = problem
+        self._next_probe = time.monotonic() + PROBE_EVERY
+
+    def _healed(self) -> None:
+        log.warning("%s takes writes again; publishing resumes", self.path)
+        self._problem = None
+
+    # ------------------------------------------------------------ housekeeping (writer thread)
+
+    def _housekeeping_due(self) -> float:
+        """Seconds until there is pruning or probing to do (0: now)."""
+        now = time.monotonic()
+        due = [60.0]
+        if self._problem is not None and not self._closed:
+            due.append(self._next_probe - now)
+        if self._count > self.history:
+            due.append(self._next_prune - now)
+        if self.retention is not None:
+            due.append(self._next_age_check - now)
+        return min(due)
+
+    def _housekeep(self, busy: int = 0) -> None:
+        """One pruning step when due, and a test write while writes fail.
+
+        `busy`: a commit of that many events just happened and more may be
+        queued; then the count limit is only enforced a step at a time, once
+        a step's worth is over it, with steps sized to keep up with the load.
+        """
+        now = time.monotonic()
+        if self._problem is not None and now >= self._next_probe and not busy:
+            self._probe()
+        if now < self._next_prune:
+            return
+        excess = self._count - self.history
+        limit = max(PRUNE_STEP, 2 * busy)
+        if excess >= (PRUNE_STEP if busy else 1):
+            self._prune(limit)
+        elif self.retention is not None and now >= self._next_age_check:
+            if self._prune(limit) < limit:
+                self._next_age_check = now + AGE_CHECK
+
+    def _probe(self) -> None:
+        """A real write (and its undoing) of PROBE_BYTES: does the disk take writes again?"""
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO probe (data) VALUES (zeroblob(?))", (PROBE_BYTES,))
+            db.execute("DELETE FROM probe")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._landed(db, -1)
+            self._write_failed(exc)
+            return
+        self._healed()
+
+    def _prune(self, limit: int) -> int:
+        """Delete up to `limit` of the oldest events past the count or age limit, in one transaction."""
+        db = self._db
+        assert db is not None
+        cut: int | None = None
+        excess = self._count - self.history
+        try:
+            if excess > 0:
+                cut = self._nth_key(db, min(excess, limit))
+            if self.retention is not None and self._oldest is not None:
+                threshold = key_of((int((time.time() - self.retention) * 1000), 0))
+                if self._oldest < threshold:
+                    by_age = min(self._nth_key(db, limit), threshold - 1)
+                    cut = by_age if cut is None else max(cut, by_age)
+            if cut is None:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            deleted = db.execute("DELETE FROM events WHERE key <= ?", (cut,)).rowcount
+            db.execute(
+                "UPDATE state SET count = count - ?, floor_key = max(floor_key, ?) WHERE id = 0", (deleted, cut)
+            )
+            db.execute("COMMIT")
+            first = db.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            self._landed(db, -1)
+            if self._problem is None:
+                log.warning("pruning %s failed: %s", self.path, exc)
+            self._next_prune = time.monotonic() + PROBE_EVERY
+            return 0
+        self._count -= deleted
+        self._floor = max(self._floor, cut)
+        self._oldest = first[0] if first else None
+        self._pruned += deleted
+        return int(deleted)
+
+    @staticmethod
+    def _nth_key(db: sqlite3.Connection, n: int) -> int:
+        """The key of the n-th oldest event (the newest when there are fewer)."""
+        row = db.execute("SELECT key FROM events ORDER BY key LIMIT 1 OFFSET ?", (n - 1,)).fetchone()
+        if row is None:
+            row = db.execute("SELECT max(key) FROM events").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ replay
+
+    async def replay(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:
+        """Stored events up to the last one delivered (the rest reach the subscriber live)."""
+        if self._closed or self._readers is None or self._loop is None:
+            raise Unavailable("the hub is shutting down")
+        if since is None and last is None:
+            return Replay()
+        upto = self._delivered  # before any await: later events are held for the subscriber
+        rows, floor, first = await self._loop.run_in_executor(self._readers, self._read, since, last, flt, upto)
+        events = [Event(id_of(k), t, a, d) for k, t, a, d in rows]
+        gap = None
+        if since is not None and (key_of(since) < floor or since > id_of(upto)):
+            gap = (format_id(since), format_id(id_of(first)) if first is not None else "")
+        return Replay(events, gap)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    def _read(
+        self, since: EventId | None, last: int | None, flt: Filter, upto: int
+    ) -> tuple[list[tuple[int, str, str, bytes]], int, int | None]:
+        """(rows, floor, oldest key) from one snapshot of the database (a reader thread)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            floor = conn.execute("SELECT floor_key FROM state WHERE id = 0").fetchone()[0]
+            first = conn.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
+            rows = _select(conn, -1 if since is None else key_of(since), upto, last, flt)
+        finally:
+            conn.execute("COMMIT")
+        return rows, floor, first[0] if first else None
+
+    # ------------------------------------------------------------ figures
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    @property
+    def last_id(self) -> str:
+        return format_id(id_of(self._delivered)) if self._delivered else ""
+
+    @property
+    def retained(self) -> int:
+        return self._count
+
+    def metrics(self) -> dict[str, float]:
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(f"{self.path}{suffix}").st_size
+            except OSError:
+                pass
+        return {
+            "norn_sqlite_commits_total": self._commits,
+            "norn_sqlite_committed_events_total": self._committed,
+            "norn_sqlite_commit_seconds_total": round(self._commit_seconds, 6),
+            "norn_sqlite_write_errors_total": self._write_errors,
+            "norn_sqlite_pruned_events_total": self._pruned,
+            "norn_sqlite_file_bytes": size,
+        }
+
+
+_Row = tuple[int, str, str, bytes]
+_COLS = "key, type, app, data"
+
+
+def _select(conn: sqlite3.Connection, after: int, upto: int, last: int | None, flt: Filter) -> list[_Row]:
+    """Rows with after < key <= upto matching `flt` (the last `last` of them), oldest first.
+
+    Exact types are read through the type index, one ordered range per type,
+    so finding a rare type (a run's events, an app's status) does not scan
+    the history; wildcards are matched here, on the way back through it.
+    """
+    if last == 0:
+        return []
+    where = "key > ? AND key <= ?"
+    params: list[Any] = [after, upto]
+    if flt.apps is not None:
+        where += f" AND app IN ({','.join('?' * len(flt.apps))})"
+        params.extend(sorted(flt.apps))
+    order = " ORDER BY key" if last is None else " ORDER BY key DESC"
+    exact = flt.exact_types
+    if exact is not None:
+        sql = f"SELECT {_COLS} FROM events INDEXED BY events_by_type WHERE type = ? AND {where}{order}"
+        if last is not None:
+            sql += " LIMIT ?"
+        limit = [] if last is None else [last]
+        parts = [conn.execute(sql, [t, *params, *limit]).fetchall() for t in sorted(exact)]
+        if last is None:
+            return parts[0] if len(parts) == 1 else list(heapq.merge(*parts, key=itemgetter(0)))
+        newest = parts[0] if len(parts) == 1 else list(heapq.merge(*parts, key=itemgetter(0), reverse=True))
+        newest = newest[:last]
+        newest.reverse()
+        return newest
+    match = None if flt.types is None else flt.match_type
+    cur = conn.execute(f"SELECT {_COLS} FROM events WHERE {where}{order}", params)
+    if last is None:
+        return cur.fetchall() if match is None else [r for r in cur if match(r[1])]
+    rows: list[_Row] = []
+    for r in cur:
+        if match is None or match(r[1]):
+            rows.append(r)
+            if len(rows) >= last:
+                break
+    cur.close()
+    rows.reverse()
+    return rows
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _write_reason(exc: sqlite3.Error) -> str:
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+        return "the disk is full, or the database reached its size limit"
+    return str(exc)
