@@ -270,7 +270,7 @@ def test_emit_to_a_dead_hub_is_exit_3() -> None:
         (["tail", "--last", "-1"], "Invalid value for '--last'"),
         (["tail", "--count", "0"], "Invalid value for '--count'"),
         (["tail", "--timeout", "0"], "Invalid value for '--timeout'"),
-        (["tail", "--timeout", "10x"], "Invalid value for '--timeout': '10x' is not a duration: use seconds (30, 1.5) or units h, m, s, ms (10s, 2m, 1h30m, 250ms)"),
+        (["tail", "--timeout", "10x"], "Invalid value for '--timeout': '10x' is not a duration: use seconds (30, 1.5) or units d, h, m, s, ms (10s, 2m, 1h30m, 250ms, 7d)"),
         (["tail", "--json", "--format", "{type}"], "--json and --format are alternatives"),
         (["tail", "--format", "{typo}"], "Invalid value for '--format': unknown field {typo}"),
     ],

@@ -31,7 +31,7 @@ def test_refusal_sentence() -> None:
     """The message shows the forms that work."""
     with pytest.raises(ValueError) as info:
         parse_duration("10x")
-    assert str(info.value) == "'10x' is not a duration: use seconds (30, 1.5) or units h, m, s, ms (10s, 2m, 1h30m, 250ms)"
+    assert str(info.value) == "'10x' is not a duration: use seconds (30, 1.5) or units d, h, m, s, ms (10s, 2m, 1h30m, 250ms, 7d)"
 
 
 def test_bool_and_negative_numbers() -> None:

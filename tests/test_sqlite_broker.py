@@ -14,6 +14,8 @@ import pytest
 
 from conftest import TIMEOUT
 from helpers import event, http_get, publish, recv_json, recv_n, request, wait_members, ws
+from norn_cli.core.config import parse_config
+from norn_cli.core.durations import parse_duration
 from norn_cli.core.errors import ConfigError
 from norn_cli.core.events import Filter, parse_id
 from norn_cli.hub.brokers import open_broker
@@ -85,6 +87,19 @@ def test_sqlite_urls() -> None:
     assert isinstance(open_broker("sqlite:///tmp/x.db", history=10), SqliteBroker)
     with pytest.raises(ValueError, match="apply to the SQLite broker only"):
         open_broker(None, history=10, retention=60.0)
+
+
+def test_durations_and_serve_keys(tmp_path: Path) -> None:
+    """--retention takes days too (7d); [serve] resolves a relative sqlite path against the file."""
+    assert [parse_duration(t) for t in ("90s", "30m", "12h", "7d", "1d12h")] == [90, 1800, 43200, 604800, 129600]
+    cfg = parse_config('[serve]\nbroker = "sqlite://data/ev.db"\nretention = "7d"\nfsync = "always"\n', path=tmp_path / "norn.toml")
+    assert dict(cfg.serve) == {"broker": f"sqlite://{tmp_path.resolve() / 'data/ev.db'}", "retention": "7d", "fsync": "always"}
+    assert parse_config('[serve]\nbroker = "sqlite:///abs/ev.db"\n', path=tmp_path / "norn.toml").serve["broker"] == "sqlite:///abs/ev.db"
+    with pytest.raises(ConfigError, match="serve.fsync must be one of normal, always"):
+        parse_config('[serve]\nfsync = "sometimes"\n', path=tmp_path / "norn.toml")
+    for bad in ("forever", "0"):
+        with pytest.raises(ConfigError, match="serve.retention"):
+            parse_config(f'[serve]\nretention = "{bad}"\n', path=tmp_path / "norn.toml")
 
 
 # ---------------------------------------------------------------- publishing and replay

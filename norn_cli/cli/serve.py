@@ -68,7 +68,15 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--fanout-threads", type=click.IntRange(0, 16), default=None, envvar="NORN_FANOUT_THREADS", metavar="N",
     help="Threads besides the event loop writing events to subscribers (default: 1 with two or more CPUs, else 0) [env NORN_FANOUT_THREADS].",
 )  # fmt: skip
-@click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default) or redis://HOST:PORT/DB [env NORN_BROKER].")
+@click.option("--broker", envvar="NORN_BROKER", default=None, metavar="URL", help="memory (default), sqlite:///PATH (kept on disk) or redis://HOST:PORT/DB [env NORN_BROKER].")
+@click.option(
+    "--retention", type=Duration(), default=None, envvar="NORN_RETENTION", metavar="AGE",
+    help="SQLite: also drop events older than AGE, e.g. 7d, 12h, 30m [env NORN_RETENTION].",
+)  # fmt: skip
+@click.option(
+    "--fsync", type=click.Choice(["normal", "always"]), default="normal", show_default=True, envvar="NORN_FSYNC",
+    help="SQLite: 'always' syncs every commit to disk, to survive power loss (slower) [env NORN_FSYNC].",
+)  # fmt: skip
 @click.option("--redis-stream", envvar="NORN_REDIS_STREAM", default="norn:events", show_default=True, metavar="KEY", help="The Redis stream hubs share [env NORN_REDIS_STREAM].")
 @click.option(
     "--dedupe-window", type=click.IntRange(1), default=600, show_default=True, envvar="NORN_DEDUPE_WINDOW", metavar="SECONDS",
@@ -101,6 +109,8 @@ def serve(
     queue_size: int,
     fanout_threads: int | None,
     broker: str | None,
+    retention: float | None,
+    fsync: str,
     redis_stream: str,
     dedupe_window: int,
     certfile: str | None,
@@ -120,6 +130,7 @@ def serve(
     Example:
       norn serve --port 8800 --allowed-origin https://norn.example.com
       norn serve --config deploy/norn.toml      # apps norn deploy/forge/teardown can run
+      norn serve --broker sqlite:///var/lib/norn/events.db --history 1000000 --retention 7d
       norn serve --broker redis://10.0.0.5:6379/0 --host 0.0.0.0 --token "$TOKEN"
     """
     from norn_cli.core.config import Config
@@ -145,7 +156,9 @@ def serve(
         if warning:
             stderr(f"norn: warning: {warning}")
     try:
-        the_broker = open_broker(broker, history=history, stream=redis_stream, dedupe_window=dedupe_window)
+        the_broker = open_broker(
+            broker, history=history, stream=redis_stream, dedupe_window=dedupe_window, retention=retention, fsync=fsync
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
 

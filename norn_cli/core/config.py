@@ -34,8 +34,9 @@ SERVE_KEYS: dict[str, type] = {
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
     "dedupe_window": int,
     "token_file": str, "handshake_timeout": str, "max_connections": int, "max_connections_per_ip": int,
-    "ui": bool,
+    "ui": bool, "retention": str, "fsync": str,
 }  # fmt: skip
+FSYNC_MODES = ("normal", "always")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,18 @@ def _parse_serve(where: _Where, base: Path, body: Any) -> dict[str, Any]:
             raise where.error("serve.allowed_origins", "must be an array of strings")
         if name in ("certfile", "keyfile", "token_file"):
             value = str(base / value)
+        if name == "broker" and value.startswith("sqlite://"):
+            path = value[len("sqlite://") :]
+            if path and not Path(path).is_absolute():  # sqlite://events.db: beside this file
+                value = f"sqlite://{base / path}"
+        if name == "retention":
+            try:
+                if parse_duration(value) <= 0:
+                    raise ValueError(f"{value!r} is not a duration: expected more than 0")
+            except ValueError as exc:
+                raise where.error("serve.retention", str(exc)) from None
+        if name == "fsync" and value not in FSYNC_MODES:
+            raise where.error("serve.fsync", f"must be one of {', '.join(FSYNC_MODES)}, got {value!r}")
         out[name] = value
     return out
 
