@@ -95,6 +95,7 @@ class HubServer:
         )
         self.ui = ui  # the dashboard at GET / (norn_cli.hub.ui); off: 404 as for any unknown path
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        self.on_start: list[Callable[[], Awaitable[None]]] = []  # after the broker starts, before listening
         self.conns: set[Connection] = set()
         self._all_closed: asyncio.Event | None = None  # set when the last connection ends, during close()
         self.started = time.time()
@@ -138,6 +139,11 @@ class HubServer:
         """Bind and begin serving; `port=0` picks a free port (read `.port`)."""
         self._loop = asyncio.get_running_loop()
         await self.hub.start()
+        for hook in self.on_start:
+            try:
+                await hook()
+            except Exception:
+                log.exception("startup hook failed")
         try:
             self._server = await self._loop.create_server(
                 lambda: Connection(self), self.host, self.port, ssl=self.ssl_context,

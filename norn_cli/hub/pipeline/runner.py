@@ -21,22 +21,25 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from norn_cli.core.config import KINDS, App, Config, Step
 from norn_cli.core.errors import OperationFailed
-from norn_cli.core.events import Event, Filter, now_ts, validate_event
+from norn_cli.core.events import Event, EventId, Filter, format_id, now_ts, validate_event
+from norn_cli.core.run_state import FAILED, RUNNING, RunState, StepState
 from norn_cli.hub.pipeline.health import check_health
 from norn_cli.hub.pipeline.steps import OutputTail, StepProtocol, exit_error, killpg
 from norn_cli.hub.fanout import Hub
 
-__all__ = ["CANCELLED", "Runner", "attach_runner"]
+__all__ = ["CANCELLED", "RESTARTED", "Runner", "attach_runner"]
 
 log = logging.getLogger("norn.pipeline")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 CANCELLED = "cancelled: the hub is shutting down"
+RESTARTED = "hub restarted"  # why a run the previous hub process left unfinished failed
 OUTPUT_INTERVAL = 0.25  # at most one output event per step this often
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a step's process group
 DRAIN_GRACE = 0.5  # seconds to collect output after the step's shell exited
@@ -44,6 +47,7 @@ END_RETRY_FIRST = 0.05  # seconds before the first retry of a run's end; doublin
 END_RETRY_MAX = 5.0
 END_RETRIES_AT_SHUTDOWN = 3
 HEALTH_HEARTBEAT = 10  # publish app.status at least every this many checks
+RECOVER_WAIT = 2.0  # seconds startup waits for a cut-off run's end to be taken
 KEEP_RUNS = 200  # finished runs remembered for `runinfo`
 _REF_RE = re.compile(r"^[A-Za-z0-9._/@:+-]{1,200}$")
 
@@ -75,6 +79,7 @@ class _Server(Protocol):
     """What the runner needs of a HubServer (this module does not import the server)."""
 
     hub: Hub
+    on_start: list[Callable[[], Awaitable[None]]]
     on_shutdown: list[Callable[[], Awaitable[None]]]
 
     @property
@@ -82,12 +87,13 @@ class _Server(Protocol):
 
 
 def attach_runner(srv: _Server, config: Config, **options: Any) -> Runner:
-    """A runner for `config`'s apps on `srv`: its /api ops, and its shutdown hook.
+    """A runner for `config`'s apps on `srv`: its /api ops, and its start and shutdown hooks.
 
     Call `runner.start()` once the server is serving to begin health checks.
     """
     runner = Runner(config, srv.hub, **options)
     srv.ops.update(runner.ops)
+    srv.on_start.append(runner.recover)
     srv.on_shutdown.append(runner.shutdown)
     return runner
 
@@ -116,6 +122,8 @@ class Runner:
         self._active: dict[tuple[str, str], _Run] = {}
         self._runs: dict[str, _Run] = {}
         self._health: list[asyncio.Task[None]] = []
+        self._statuses: dict[str, tuple[Any, ...]] = {}  # an app's last known health, from the history
+        self._ending: set[asyncio.Task[None]] = set()  # ends of cut-off runs still being retried
         self._closing = False
 
     @property
@@ -132,10 +140,73 @@ class Runner:
             if app.health:
                 self._health.append(asyncio.create_task(self._health_loop(app)))
 
+    async def recover(self) -> None:
+        """Pick up where the previous hub process left off, from a history only this hub writes.
+
+        Each health-checked app's last `app.status` becomes the one the
+        checker compares with, and a run whose last event is not its
+        `.completed` or `.failed` was cut off when the hub stopped: it ends
+        now with `.failed`, reason `hub restarted`. Runs before the hub
+        serves (`srv.on_start`); nothing to do on a fresh memory broker.
+        """
+        broker = self.hub.broker
+        if not broker.sole_writer:
+            return  # shared (Redis): another hub may be running the runs found, and Redis may be down
+        for app in self.apps.values():
+            if app.health:
+                replay = await broker.replay(since=None, last=1, flt=Filter([app.name], ["app.status"]))
+                if replay.events:
+                    self._statuses[app.name] = _health_key(replay.events[-1].envelope()["payload"])
+        # Runs of one app and kind never overlap: only the latest can be unfinished.
+        latest: dict[tuple[str, str], tuple[Event, dict[str, Any], str]] = {}
+        for ev in (await broker.replay(since=(0, 0), last=None, flt=_QUEUED)).events:
+            env = ev.envelope()
+            run_id = env["payload"].get("runId")
+            if isinstance(run_id, str) and run_id:  # without one, published by others: not ours to end
+                latest[(ev.app, ev.type)] = (ev, env, run_id)
+        for queued, env, run_id in latest.values():
+            try:
+                await self._end_cut_off(queued, env, run_id)
+            except Exception:
+                log.exception("cannot end run %s of %s", run_id, queued.app)
+
+    async def _end_cut_off(self, queued: Event, env: dict[str, Any], run_id: str) -> None:
+        """End the run `queued` began with `.failed` unless its end is in the history."""
+        kind = queued.type.split(".")[0]
+        types = [f"{kind}.step", f"{kind}.completed", f"{kind}.failed"]
+        since = _before(queued.key)
+        later = (await self.hub.broker.replay(since=since, last=None, flt=Filter([queued.app], types))).events
+        state = RunState(run_id, kind)
+        state.apply(env)
+        for ev in later:
+            e = ev.envelope()
+            if e["payload"].get("runId") == run_id:
+                state.apply(e)
+        if state.done:
+            return
+        payload = env["payload"]
+        app = self.apps.get(queued.app) or App(queued.app, Path("."))
+        steps = [_step_record(st) for st in state.steps.values()]
+        running = [st.name for st in state.steps.values() if st.phase == RUNNING]
+        run = _Run(
+            id=run_id, app=app, kind=kind, ref=str(payload.get("ref") or payload.get("commitSha") or app.ref),
+            image_tag=payload.get("imageTag"), started_at=str(payload.get("startedAt") or env["ts"]),
+            steps=steps, since=format_id(since), queued_id=queued.id, status="running",
+        )  # fmt: skip
+        log.warning("%s run %s of %s was cut off by a hub restart; it ends as failed", kind, run_id, app.name)
+        self._remember(run)
+        # Before the hub serves, but not at any price: a broker that does not
+        # take the end yet (a full disk) gets it later, retried as any run's end.
+        ending = asyncio.ensure_future(self._end_run(run, running[-1] if running else None, RESTARTED))
+        done, _ = await asyncio.wait({ending}, timeout=RECOVER_WAIT)
+        if not done:
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+
     async def shutdown(self) -> None:
         """Stop health checks; cancel running steps, each run ending with `.failed`."""
         self._closing = True
-        tasks = [*self._health, *(r.task for r in self._active.values() if r.task)]
+        tasks = [*self._health, *self._ending, *(r.task for r in self._active.values() if r.task)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -196,7 +267,7 @@ class Runner:
             run = self._runs.get(run_id)
             if run is not None:
                 return self._info(run)
-            ev = await self._latest_queued(Filter(types=["*.queued"]), run_id)
+            ev = await self._latest_queued(_QUEUED, run_id)
             if ev is None:
                 raise OperationFailed(f"no run {run_id} is known to the hub", code="not_found")
         else:
@@ -214,7 +285,7 @@ class Runner:
         if found is not None:
             return self._info(found)
         return {"runId": payload.get("runId"), "app": ev.app, "kind": ev.type.split(".")[0],
-                "id": ev.id, "since": "", "status": "unknown"}  # fmt: skip
+                "id": ev.id, "since": format_id(_before(ev.key)), "status": "unknown"}  # fmt: skip
 
     def _info(self, run: _Run) -> dict[str, Any]:
         return {"runId": run.id, "app": run.app.name, "kind": run.kind, "id": run.queued_id,
@@ -442,11 +513,11 @@ class Runner:
     async def _health_loop(self, app: App) -> None:
         """Poll the app's health URL; publish app.status on a change and every few checks."""
         assert app.health is not None
-        last: tuple[Any, ...] | None = None
-        n = 0
+        last = self._statuses.get(app.name)  # from before a restart: no news unless it changed
+        n = 0 if last is None else 1
         while True:
             status = await check_health(app.health, timeout=app.health_timeout)
-            key = (status["healthy"], status["statusCode"], status["error"])
+            key = _health_key(status)
             if key != last or n % HEALTH_HEARTBEAT == 0:
                 try:
                     await self._publish(("app.status", app.name, status))
@@ -467,3 +538,26 @@ def _word(req: dict[str, Any], name: str, default: str | None) -> str | None:
             f'"{name}" must be up to 200 letters, digits or . _ / @ : + -, got {value!r}', code="bad_request"
         )
     return value
+
+
+_QUEUED = Filter(types=[f"{kind}.queued" for kind in KINDS])  # the first event of every run
+
+
+def _before(key: EventId) -> EventId:
+    """The id just below `key`: `since` it, a replay starts with that event."""
+    ms, seq = key
+    return (ms, seq - 1) if seq > 0 else (ms - 1, 999_999_999_999_999)
+
+
+def _health_key(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes an app's health news when it changes."""
+    return status.get("healthy"), status.get("statusCode"), status.get("error")
+
+
+def _step_record(step: StepState) -> dict[str, Any]:
+    """A step as a run's payload lists it, rebuilt from its events; one still
+    running when the hub stopped failed."""
+    out: dict[str, Any] = {"name": step.name, "status": "failed" if step.phase in (RUNNING, FAILED) else step.status}
+    if step.duration_ms is not None:
+        out["durationMs"] = round(step.duration_ms)
+    return out
