@@ -309,6 +309,10 @@ class SqliteBroker(Broker):
                 db.execute(f"PRAGMA max_page_count = {int(self.max_pages)}")
             if app_id == 0:
                 self._create(db)
+            # A file SQLite could only open read-only serves reads until the first publish: find out now.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE state SET count = count WHERE id = 0")
+            db.execute("COMMIT")
             row = db.execute("SELECT last_key, floor_key, count FROM state WHERE id = 0").fetchone()
             first = db.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
         except sqlite3.Error as exc:
