@@ -186,6 +186,7 @@ async def test_replay_filters_match_the_memory_broker(hubs: Hubs) -> None:
     mem._floor = (0, 0)
     cases = [
         Filter(types=["deploy.queued"]), Filter(types=["deploy.queued", "deploy.completed"]),
+        Filter(types=["backup.completed", "deploy.step"]), Filter(["a"], ["backup.completed"]),
         Filter(["a"], ["deploy.*"]), Filter(types=["*.completed"]), Filter(["b"]), Filter(["a", "b"], ["app.restarted"]),
     ]  # fmt: skip
     middle = all_events[17].key
