@@ -65,6 +65,8 @@ PROBE_EVERY = 0.5  # seconds between test writes while writes fail
 PROBE_BYTES = 64 * 1024  # a test write this big must fit before the hub calls itself healthy again
 BUSY_TIMEOUT_MS = 5000
 READERS = 2  # threads answering replays
+CHECKPOINT_BYTES = 4 << 20  # of events committed between checkpoints (SQLite's own default is 1,000 pages)
+CHECKPOINT_EVERY = 1.0  # seconds: a checkpoint at least this often while there is something to copy
 FSYNC = {"normal": "NORMAL", "always": "FULL"}
 
 LOOKUP_TYPES = frozenset(
@@ -172,6 +174,10 @@ class SqliteBroker(Broker):
         self._inserts: dict[int, str] = {}
         self._closed = False
         self._writer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._wal_due = threading.Event()  # the writer asks for a checkpoint
+        self._wal_bytes = 0  # committed since it last asked
+        self._catch_up = False  # the checkpointer made a pass: the writer copies the rest
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -213,6 +219,8 @@ class SqliteBroker(Broker):
         self._deliver = deliver
         self._problem = None
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="norn-sqlite-read")
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="norn-sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
         self._writer = threading.Thread(target=self._write_loop, name="norn-sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -227,6 +235,9 @@ class SqliteBroker(Broker):
             # The writer's last callbacks are queued on the loop before this
             # wait ends, so every group is answered by the time we go on.
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        if self._checkpointer is not None:
+            self._wal_due.set()
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
@@ -325,6 +336,7 @@ class SqliteBroker(Broker):
                 raise sqlite3.OperationalError(f"it cannot use write-ahead logging (journal mode {mode})")
             db.execute(f"PRAGMA synchronous = {FSYNC[self.fsync]}")
             db.execute("PRAGMA journal_size_limit = 16777216")
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it, off the commit path
             if self.max_pages is not None:
                 db.execute(f"PRAGMA max_page_count = {int(self.max_pages)}")
             if app_id == 0:
@@ -443,6 +455,10 @@ class SqliteBroker(Broker):
         self._committed += len(events)
         self._stored = last
         self._count += len(events)
+        self._wal_bytes += sum(len(ev.data) for ev in events)
+        if self._wal_bytes >= CHECKPOINT_BYTES:
+            self._wal_bytes = 0
+            self._wal_due.set()
         if self._oldest is None:
             self._oldest = first
         if self._problem is not None:
@@ -519,6 +535,8 @@ class SqliteBroker(Broker):
             due.append(self._next_age_check - now)
         if self._state_written != self._stored:
             due.append(self._next_state - now)
+        if self._catch_up:
+            due.append(0.0)
         return min(due)
 
     def _housekeep(self, busy: int = 0) -> None:
@@ -533,6 +551,8 @@ class SqliteBroker(Broker):
             self._probe()
         if self._state_written != self._stored and now >= self._next_state and self._problem is None:
             self._write_state()
+        if self._catch_up:
+            self._finish_checkpoint()
         if now < self._next_prune:
             return
         excess = self._count - self.history
@@ -638,6 +658,52 @@ class SqliteBroker(Broker):
         if since is not None and (key_of(since) < floor or since > id_of(upto)):
             gap = (format_id(since), format_id(id_of(first)) if first is not None else "")
         return Replay(events, gap)
+
+    def _checkpoint_loop(self) -> None:
+        """The checkpointer thread: copy the write-ahead log into the file, off the writer's path.
+
+        A checkpoint syncs the file to disk; in the writer's commit (SQLite's
+        default) one slow sync holds every publish. This thread copies and
+        syncs the bulk (PASSIVE: it never blocks the writer); the log can only
+        start over once it is copied whole, so after each pass the writer,
+        between two commits, copies the few frames written meanwhile (a short
+        copy and a short sync) and its next commit rewinds the log.
+        """
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous = {FSYNC[self.fsync]}")
+        failed = False
+        try:
+            while not self._closed:
+                self._wal_due.wait(CHECKPOINT_EVERY)
+                self._wal_due.clear()
+                if self._closed:
+                    break
+                if self._catch_up:
+                    continue  # the writer has not finished the last one
+                try:
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    failed = False
+                except sqlite3.Error as exc:
+                    if not failed:  # the writer reports write errors; say this once
+                        log.warning("checkpointing %s failed: %s", self.path, exc)
+                    failed = True
+                    continue
+                if frames > 0:
+                    self._catch_up = True
+                    self._inbox.put(None)  # wake the writer if it is idle
+        finally:
+            conn.close()
+
+    def _finish_checkpoint(self) -> None:
+        """The writer's part of a checkpoint: the frames since the checkpointer's pass."""
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpointing %s failed: %s", self.path, exc)
+        self._catch_up = False
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
