@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from norn_cli.core.events import make_event  # noqa: E402
-from norn_cli.hub.brokers.sqlite import key_of  # noqa: E402
+from norn_cli.hub.brokers.sqlite_file import key_of  # noqa: E402
 
 
 async def start_hub(db: Path | None, *args: str) -> tuple[asyncio.subprocess.Process, str, float]:

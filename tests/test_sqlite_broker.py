@@ -19,7 +19,8 @@ from norn_cli.core.durations import parse_duration
 from norn_cli.core.errors import ConfigError
 from norn_cli.core.events import Filter, parse_id
 from norn_cli.hub.brokers import open_broker
-from norn_cli.hub.brokers.sqlite import SCHEMA_VERSION, SqliteBroker, id_of, key_of, parse_sqlite_url
+from norn_cli.hub.brokers.sqlite import SqliteBroker
+from norn_cli.hub.brokers.sqlite_file import SCHEMA_VERSION, id_of, key_of, parse_sqlite_url
 from norn_cli.hub.server import HubServer
 
 

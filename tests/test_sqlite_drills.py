@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from conftest import TIMEOUT, norn_argv, norn_env, run_norn
 from helpers import http_get
 from norn_cli.core.events import parse_id
-from norn_cli.hub.brokers.sqlite import SCHEMA_VERSION
+from norn_cli.hub.brokers.sqlite_file import SCHEMA_VERSION
 
 ROUNDS = 20
 

@@ -19,21 +19,19 @@ events (`Hub.catch_up`) has no gap and no duplicate.
 
 Retention, by count (`history`) and by age (`retention`), is pruned by the
 writer thread in small transactions between commits; deleted pages are
-reused, so the file stops growing once retention is reached.
+reused, so the file stops growing once retention is reached. Checkpoints
+(copying SQLite's write-ahead log into the file) run in a thread of their
+own, so their disk syncs are not in any publish's way.
 
-An id `<ms>-<seq>` is stored as one integer, `ms << 20 | seq` (the rowid):
-ids and rows share one order. The clock restarts after the stored last id,
-so ids keep increasing across restarts even when the wall clock went back.
-
-A lock file beside the database (`PATH.lock`, holding the hub's pid) keeps
-a second hub off the same file.
+The clock restarts after the stored last id, so ids keep increasing across
+restarts even when the wall clock went back. The file itself (schema, ids
+as keys, the lock, the checks at opening, the queries) is sqlite_file.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import logging
 import os
 import queue
@@ -41,85 +39,28 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from norn_cli.core.config import KINDS
-from norn_cli.core.errors import ConfigError
 from norn_cli.core.events import Event, EventId, Filter, format_id, make_event
 from norn_cli.hub.brokers.base import Broker, Deliver, IdClock, Item, Receiver, Replay, Unavailable
+from norn_cli.hub.brokers.sqlite_file import (
+    FSYNC, LOOKUP_TYPES, SEQ_MAX, Opened, connect, id_of, key_of, open_file, parse_sqlite_url, select, write_reason,
+)  # fmt: skip
 
-__all__ = ["SCHEMA_VERSION", "SqliteBroker", "id_of", "key_of", "parse_sqlite_url"]
+__all__ = ["SqliteBroker"]
 
 log = logging.getLogger("norn.sqlite")
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x6E6F726E  # "norn", in the file header: tells our files from other SQLite files
-SEQ_BITS = 20
-SEQ_MAX = (1 << SEQ_BITS) - 1
-KEY_MAX = (1 << 63) - 1
 PRUNE_STEP = 1000  # rows deleted per pruning transaction: a short lock, often
 AGE_CHECK = 1.0  # seconds between checks for events past the age limit
 PROBE_EVERY = 0.5  # seconds between test writes while writes fail
 PROBE_BYTES = 64 * 1024  # a test write this big must fit before the hub calls itself healthy again
-BUSY_TIMEOUT_MS = 5000
 READERS = 2  # threads answering replays
 CHECKPOINT_BYTES = 4 << 20  # of events committed between checkpoints (SQLite's own default is 1,000 pages)
 CHECKPOINT_EVERY = 1.0  # seconds: a checkpoint at least this often while there is something to copy
-FSYNC = {"normal": "NORMAL", "always": "FULL"}
-
-LOOKUP_TYPES = frozenset(
-    [f"{kind}.{what}" for kind in KINDS for what in ("queued", "step", "completed", "failed")]
-    + ["app.status", "app.restarted", "deploy.rollback"]
-)
-"""The hub's own events (pipeline runs, app statuses): the hub finds them by type after a restart,
-so they are also listed, by type, in a small table instead of indexing every event."""
-
-_SCHEMA = (
-    # key: the id, ms << 20 | seq; data: the envelope exactly as subscribers get it
-    "CREATE TABLE events (key INTEGER PRIMARY KEY, type TEXT NOT NULL, app TEXT NOT NULL, data BLOB NOT NULL)",
-    "CREATE TABLE lookups (key INTEGER PRIMARY KEY, type TEXT NOT NULL, app TEXT NOT NULL)",  # LOOKUP_TYPES only
-    "CREATE INDEX lookups_by_type ON lookups (type, key)",
-    # count: the events with a key up to count_key (the rest are counted at start);
-    # last_key: the newest id stored (0: none), ids continue above it;
-    # floor_key: every event above it is retained (below the first id, or the last pruned)
-    "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), last_key INTEGER NOT NULL,"
-    " floor_key INTEGER NOT NULL, count INTEGER NOT NULL, count_key INTEGER NOT NULL)",
-    "CREATE TABLE probe (data BLOB)",  # test writes while the disk is full
-)
 ROWS_PER_INSERT = 500  # a bigger group is several INSERTs in one transaction
 STATE_EVERY = 1.0  # seconds between writes of the count to the state row while publishing
-
-
-def key_of(eid: EventId) -> int:
-    """The stored integer for an id; an id between two possible keys maps to the lower one."""
-    ms, seq = eid
-    return min(KEY_MAX, (ms << SEQ_BITS) + min(seq, SEQ_MAX))
-
-
-def id_of(key: int) -> EventId:
-    return key >> SEQ_BITS, key & SEQ_MAX
-
-
-def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
-    """`sqlite://PATH[?max_pages=N]` -> (PATH, options); ValueError when malformed.
-
-    Everything after `sqlite://` is the path: `sqlite:///var/lib/norn/events.db`
-    is absolute, `sqlite://events.db` relative to the current directory.
-    """
-    if not url.startswith("sqlite://"):
-        raise ValueError(f"not an sqlite:// URL: {url!r}")
-    path, _, query = url[len("sqlite://") :].partition("?")
-    if not path:
-        raise ValueError("an sqlite:// broker URL needs a path, e.g. sqlite:///var/lib/norn/events.db")
-    options: dict[str, str] = {}
-    for part in filter(None, query.split("&")):
-        name, _, value = part.partition("=")
-        if name != "max_pages" or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"unknown or bad option {part!r} in {url!r} (known: max_pages=N)")
-        options[name] = value
-    return path, options
 
 
 class _Group:
@@ -166,8 +107,8 @@ class SqliteBroker(Broker):
         self.max_pages = max_pages
         self._deliver: Deliver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._file: Opened | None = None
         self._db: sqlite3.Connection | None = None  # the writer thread's
-        self._lock_file: IO[str] | None = None
         self._clock = IdClock()
         self._inbox: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()  # None: wake up and look
         self._stopping = False  # the writer thread ends once the inbox is empty
@@ -215,7 +156,11 @@ class SqliteBroker(Broker):
         when the file cannot serve as this hub's history.
         """
         self._loop = asyncio.get_running_loop()
-        self._open()
+        self._file = f = open_file(self.path, fsync=self.fsync, max_pages=self.max_pages)
+        self._db = f.db
+        self._stored = self._delivered = self._state_written = f.last_key
+        self._floor, self._count, self._oldest = f.floor_key, f.count, f.oldest
+        self._clock = IdClock(id_of(max(f.last_key, f.floor_key)), max_seq=SEQ_MAX)
         self._deliver = deliver
         self._problem = None
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="norn-sqlite-read")
@@ -242,141 +187,11 @@ class SqliteBroker(Broker):
             self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._file is not None:
+            self._file.close()  # the last connection: SQLite folds the log into the file
+            self._file = self._db = None
         self._problem = "the SQLite broker is closed"
         self._deliver = None
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the lock
-            self._lock_file = None
-
-    def _open(self) -> None:
-        path = self.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the folder {path.parent} for the SQLite broker ({_reason(exc)}); "
-                "create it, or use a file in a writable folder"
-            ) from None
-        self._lock()
-        try:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=600)
-        except sqlite3.Error as exc:
-            self._unlock()
-            raise ConfigError(f"cannot write to {path} ({exc}); make it and its folder writable, or use another file") from None
-        try:
-            self._prepare(db)
-        except BaseException:
-            db.close()
-            self._unlock()
-            raise
-        self._db = db
-
-    def _lock(self) -> None:
-        """Take `PATH.lock`, or say which hub holds it."""
-        lock_path = Path(f"{self.path}.lock")
-        try:
-            f = open(lock_path, "a+", encoding="ascii")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write to {self.path} ({_reason(exc)}); make it and its folder writable, or use another file"
-            ) from None
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no second-hub check
-            self._lock_file = f
-            return
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip()
-            f.close()
-            who = f"pid {holder}" if holder.isdigit() else "another process"
-            raise ConfigError(
-                f"{self.path} is in use by another norn hub ({who}); stop that hub, or give this one another file"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._lock_file = f
-
-    def _unlock(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        """Check (or create) the schema, set the pragmas, read the state row."""
-        path = self.path
-        try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{path} is not a norn database ({exc}); move it away, or use another file") from None
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise ConfigError(
-                f"{path} is not a norn database (it is some other SQLite database); move it away, or use another file"
-            )
-        if app_id == APPLICATION_ID and version < 1:
-            raise ConfigError(f"{path} is not a norn database (it has no schema version); move it away, or use another file")
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"{path} was written by a newer norn (schema {version}; this norn knows {SCHEMA_VERSION}); "
-                "upgrade norn, or use another file"
-            )
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"it cannot use write-ahead logging (journal mode {mode})")
-            db.execute(f"PRAGMA synchronous = {FSYNC[self.fsync]}")
-            db.execute("PRAGMA journal_size_limit = 16777216")
-            db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it, off the commit path
-            if self.max_pages is not None:
-                db.execute(f"PRAGMA max_page_count = {int(self.max_pages)}")
-            if app_id == 0:
-                self._create(db)
-            # A file SQLite could only open read-only serves reads until the first publish: find out now.
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE state SET count = count WHERE id = 0")
-            db.execute("COMMIT")
-            row = db.execute("SELECT last_key, floor_key, count, count_key FROM state WHERE id = 0").fetchone()
-            first = db.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
-            # Events committed after the state row was last written (at most STATE_EVERY's worth).
-            newer, newest = db.execute(
-                "SELECT count(*), max(key) FROM events WHERE key > ?", (row[3] if row else 0,)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot write to {path} ({exc}); make it and its folder writable, or use another file") from None
-        if row is None:
-            raise ConfigError(f"{path} is not a norn database (its state row is missing); move it away, or use another file")
-        self._stored = max(row[0], newest or 0)
-        self._floor = row[1]
-        self._count = row[2] + newer
-        self._delivered = self._state_written = self._stored
-        self._oldest = first[0] if first else None
-        self._clock = IdClock(id_of(max(self._stored, self._floor)), max_seq=SEQ_MAX)
-
-    def _create(self, db: sqlite3.Connection) -> None:
-        """A new database: the schema, and a floor just below the first id."""
-        floor = key_of(IdClock().floor)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA:  # not executescript: it would COMMIT before the pragmas
-                db.execute(stmt)
-            db.execute("INSERT INTO state VALUES (0, 0, ?, 0, 0)", (floor,))
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.info("created the norn database %s", self.path)
 
     # ------------------------------------------------------------ publishing
 
@@ -511,7 +326,7 @@ class SqliteBroker(Broker):
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
         self._write_errors += 1
-        problem = f"cannot write to {self.path} ({_write_reason(exc)})"
+        problem = f"cannot write to {self.path} ({write_reason(exc)})"
         if problem != self._problem:
             log.warning("%s; publishes are refused until writes succeed again", problem)
         self._problem = problem
@@ -669,8 +484,7 @@ class SqliteBroker(Broker):
         between two commits, copies the few frames written meanwhile (a short
         copy and a short sync) and its next commit rewinds the log.
         """
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn = connect(self.path)
         conn.execute(f"PRAGMA synchronous = {FSYNC[self.fsync]}")
         failed = False
         try:
@@ -708,8 +522,7 @@ class SqliteBroker(Broker):
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn = connect(self.path)
             conn.execute("PRAGMA query_only = 1")
             self._local.conn = conn
             self._reader_conns.append(conn)
@@ -717,14 +530,14 @@ class SqliteBroker(Broker):
 
     def _read(
         self, since: EventId | None, last: int | None, flt: Filter, upto: int
-    ) -> tuple[list[tuple[int, str, str, bytes]], int, int | None]:
+    ) -> tuple[list[Any], int, int | None]:
         """(rows, floor, oldest key) from one snapshot of the database (a reader thread)."""
         conn = self._reader()
         conn.execute("BEGIN")
         try:
             floor = conn.execute("SELECT floor_key FROM state WHERE id = 0").fetchone()[0]
             first = conn.execute("SELECT key FROM events ORDER BY key LIMIT 1").fetchone()
-            rows = _select(conn, -1 if since is None else key_of(since), upto, last, flt)
+            rows = select(conn, -1 if since is None else key_of(since), upto, last, flt)
         finally:
             conn.execute("COMMIT")
         return rows, floor, first[0] if first else None
@@ -760,62 +573,6 @@ class SqliteBroker(Broker):
         }
 
 
-_Row = tuple[int, str, str, bytes]
-_COLS = "key, type, app, data"
-
-
-def _select(conn: sqlite3.Connection, after: int, upto: int, last: int | None, flt: Filter) -> list[_Row]:
-    """Rows with after < key <= upto matching `flt` (the last `last` of them), oldest first.
-
-    The hub's own types (LOOKUP_TYPES) are read through their index, one
-    ordered range per type, so finding a run or an app's status does not
-    scan the history. Anything else is read in key order, apps and exact
-    types matched by SQLite, wildcards here, on the way.
-    """
-    if last == 0:
-        return []
-    exact = flt.exact_types
-    indexed = exact is not None and exact <= LOOKUP_TYPES
-    col = "l." if indexed else ""
-    where = f"{col}key > ? AND {col}key <= ?"
-    params: list[Any] = [after, upto]
-    if flt.apps is not None:
-        where += f" AND {col}app IN ({','.join('?' * len(flt.apps))})"
-        params.extend(sorted(flt.apps))
-    order = f" ORDER BY {col}key" if last is None else f" ORDER BY {col}key DESC"
-    if indexed:
-        assert exact is not None
-        sql = f"SELECT e.key, e.type, e.app, e.data FROM lookups l JOIN events e ON e.key = l.key WHERE l.type = ? AND {where}{order}"
-        if last is not None:
-            sql += f" LIMIT {int(last)}"
-        parts = [conn.execute(sql, [t, *params]).fetchall() for t in sorted(exact)]
-        if len(parts) == 1:
-            rows = parts[0]
-        else:
-            rows = list(heapq.merge(*parts, key=itemgetter(0), reverse=last is not None))
-    else:
-        if exact is not None:
-            where += f" AND type IN ({','.join('?' * len(exact))})"
-            params.extend(sorted(exact))
-        match = None if flt.types is None or exact is not None else flt.match_type
-        if last is not None and match is None:
-            order += f" LIMIT {int(last)}"
-        cur = conn.execute(f"SELECT {_COLS} FROM events WHERE {where}{order}", params)
-        if last is None:
-            return cur.fetchall() if match is None else [r for r in cur if match(r[1])]
-        rows = []
-        for r in cur:
-            if match is None or match(r[1]):
-                rows.append(r)
-                if len(rows) >= last:
-                    break
-        cur.close()
-    if last is not None:
-        rows = rows[:last]
-        rows.reverse()
-    return rows
-
-
 def _params(events: list[Event]) -> list[Any]:
     out: list[Any] = []
     for ev in events:
@@ -823,11 +580,3 @@ def _params(events: list[Event]) -> list[Any]:
     return out
 
 
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or str(exc)).lower()
-
-
-def _write_reason(exc: sqlite3.Error) -> str:
-    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
-        return "the disk is full, or the database reached its size limit"
-    return str(exc)
