@@ -12,7 +12,8 @@ the file should stop growing.
 `startup`: writes a database of EVENTS stored events straight through
 sqlite3 (the broker's own schema, made by opening it once), then starts
 `norn serve` on it RUNS times and prints how long each took to its ready
-line (page cache warm: the file was just written or read).
+line (page cache warm: the file was just written or read; `--cold` drops
+the page cache before each start, as root).
 
     python benchmarks/sqlite_history.py growth --events 1000000 --history 100000
     python benchmarks/sqlite_history.py startup --events 1000000
@@ -145,6 +146,9 @@ async def startup(args: argparse.Namespace) -> None:
         print(f"wrote {args.events:,} events in {time.perf_counter() - t:.1f} s: {file_bytes(db) / 2**20:.0f} MiB")
         took = []
         for _ in range(args.runs):
+            if args.cold:  # needs root: the file is read from disk again
+                os.sync()
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
             proc, url, seconds = await start_hub(db, "--history", str(args.events))
             async with connect(url + "/api") as api:
                 await api.send(json.dumps({"op": "status"}))
@@ -176,6 +180,7 @@ def main() -> None:
     s = sub.add_parser("startup")
     s.add_argument("--events", type=int, default=1_000_000)
     s.add_argument("--runs", type=int, default=5)
+    s.add_argument("--cold", action="store_true", help="drop the page cache before each start (root only)")
     args = parser.parse_args()
     asyncio.run(growth(args) if args.what == "growth" else startup(args))
 
