@@ -531,3 +531,40 @@ async def test_a_run_cut_off_by_kill_9_is_watched_to_its_failure(tmp_path: Path,
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---------------------------------------------------------------- settings
+
+
+async def test_serve_table_path_is_beside_the_config_file(tmp_path: Path, hubs: list[Hub]) -> None:
+    """`[serve] broker = "sqlite://data/events.db"` creates the file (and its folder) beside norn.toml,
+    whatever the current directory."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "norn.toml").write_text('[serve]\nbroker = "sqlite://data/events.db"\nretention = "7d"\nhistory = 500\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        *norn_argv("serve", "--port", "0", "--config", str(conf / "norn.toml")),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=norn_env(), cwd=elsewhere,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(TIMEOUT):
+            line = (await proc.stderr.readline()).decode()
+        assert "listening on" in line and "broker: sqlite" in line, line
+        assert (conf / "data" / "events.db").is_file()
+        assert not (elsewhere / "data").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            assert await proc.wait() == 0
+
+
+def test_sqlite_options_need_the_sqlite_broker() -> None:
+    """--retention or --fsync with the memory broker is a usage error naming the broker they need."""
+    result = run_norn("serve", "--port", "0", "--retention", "7d")
+    assert result.returncode == 2
+    assert "--retention and --fsync apply to the SQLite broker only (--broker sqlite:///PATH)" in result.stderr
+    bad = run_norn("serve", "--port", "0", "--broker", "sqlite:///tmp/x.db", "--retention", "a week")
+    assert bad.returncode == 2 and "is not a positive duration like 90s, 30m, 12h, 7d or 2w" in bad.stderr

@@ -230,15 +230,21 @@ class SqliteBroker(Broker):
                     break
                 if more is not None:
                     groups.append(more)
-            if groups:
-                self._commit(groups)
-                self._housekeep(busy=sum(len(g.events) for g in groups))
-            elif self._stopping:
-                if self._state_written != self._stored and self._problem is None:
-                    self._write_state()
-                return
-            else:
-                self._housekeep()
+            try:
+                if groups:
+                    self._commit(groups)
+                    self._housekeep(busy=sum(len(g.events) for g in groups))
+                elif self._stopping:
+                    if self._state_written != self._stored and self._problem is None:
+                        self._write_state()
+                    return
+                else:
+                    self._housekeep()
+            except Exception:  # a bug of ours: the thread must go on answering publishers
+                log.exception("the SQLite writer failed")
+                if groups:  # a no-op for groups already handed over
+                    self._post(self._refuse, groups, "the hub failed to store the events (see its log)")
+                self._next_prune = time.monotonic() + PROBE_EVERY
 
     def _commit(self, groups: list[_Group]) -> None:
         """One transaction for every event of `groups`; then hand them to the loop (or refuse them)."""
