@@ -567,4 +567,5 @@ def test_sqlite_options_need_the_sqlite_broker() -> None:
     assert result.returncode == 2
     assert "--retention and --fsync apply to the SQLite broker only (--broker sqlite:///PATH)" in result.stderr
     bad = run_norn("serve", "--port", "0", "--broker", "sqlite:///tmp/x.db", "--retention", "a week")
-    assert bad.returncode == 2 and "is not a positive duration like 90s, 30m, 12h, 7d or 2w" in bad.stderr
+    assert bad.returncode == 2 and "is not a duration: use seconds (30, 1.5) or units d, h, m, s, ms" in bad.stderr
+
