@@ -17,7 +17,8 @@ from helpers import event, http_get, publish, recv_json, recv_n, request, wait_m
 from norn_cli.core.config import parse_config
 from norn_cli.core.durations import parse_duration
 from norn_cli.core.errors import ConfigError
-from norn_cli.core.events import Filter, parse_id
+from norn_cli.core.events import Event, Filter, parse_id
+from norn_cli.hub.brokers.base import Duplicate
 from norn_cli.hub.brokers import open_broker
 from norn_cli.hub.brokers.sqlite import SqliteBroker
 from norn_cli.hub.brokers.sqlite_file import SCHEMA_VERSION, id_of, key_of, parse_sqlite_url
@@ -344,3 +345,77 @@ async def test_a_second_hub_on_the_same_file_is_refused(hubs: Hubs) -> None:
     )
     await hubs.stop()
     await hubs.start()
+
+
+# ---------------------------------------------------------------- publish keys
+
+
+def keyed(n: int, key: str) -> dict[str, Any]:
+    return {**event(n=n), "key": key}
+
+
+async def test_publish_keys_outlive_a_restart(hubs: Hubs) -> None:
+    """A key is stored with its event: after a restart the same key is answered with the original id,
+    and publishes nothing."""
+    srv = await hubs.start()
+    async with ws(srv.port, "/api") as api:
+        first = await request(api, {"op": "publish", "event": keyed(1, "deploy-42")})
+        again = await request(api, {"op": "publish", "event": keyed(2, "deploy-42")})
+    assert first["ok"] and "duplicate" not in first
+    assert again == {"ok": True, "id": first["id"], "duplicate": True}
+    await hubs.stop()
+    srv = await hubs.start()
+    async with ws(srv.port, "/api") as api:
+        after = await request(api, {"op": "publish", "events": [keyed(3, "deploy-42"), keyed(4, "deploy-43")]})
+    assert after["ok"] and after["ids"][0] == first["id"] and after["duplicates"] == [0]
+    assert [json.loads(d)["payload"]["n"] for _, d in stored(hubs.path)] == [1, 4]
+
+
+async def test_a_key_in_flight_is_taken_once(hubs: Hubs) -> None:
+    """Two publishes of one key at once, and a key twice in one batch: one event, the others its duplicates."""
+    srv = await hubs.start()
+    broker = srv.broker
+    item = ("test.event", "a", {"n": 1})
+    a, b = await asyncio.gather(broker.publish_keyed([item], ["k"]), broker.publish_keyed([item, item], ["k", None]))
+    assert isinstance(a[0], Event) and b[0] == Duplicate(a[0].id) and isinstance(b[1], Event)
+    batch = await broker.publish_keyed([item, item, item], ["x", "y", "x"])
+    assert isinstance(batch[0], Event) and isinstance(batch[1], Event) and batch[2] == Duplicate(batch[0].id)
+    assert len(stored(hubs.path)) == 4
+
+
+async def test_a_key_whose_events_were_not_stored_is_not_remembered(hubs: Hubs) -> None:
+    """A keyed publish refused as unavailable (the file is full) leaves no key behind: re-sent once the
+    hub is healthy, it is published, not called a duplicate."""
+    srv = await hubs.start(max_pages=40)
+    broker = srv.broker
+    assert isinstance(broker, SqliteBroker)
+    pad = "x" * 2000
+    async with ws(srv.port, "/api") as api:
+        async with asyncio.timeout(TIMEOUT):
+            n = 0
+            while (reply := await request(api, {"op": "publish", "event": {**keyed(n, f"k{n}"), "payload": {"pad": pad}}}))["ok"]:
+                n += 1
+        assert reply["error"]["code"] == "unavailable"
+        broker.history = 2
+        await until(lambda: broker.problem is None)
+        retry = await request(api, {"op": "publish", "event": {**keyed(n, f"k{n}"), "payload": {"pad": "y"}}})
+    assert retry["ok"] and "duplicate" not in retry
+    assert json.loads(stored(hubs.path)[-1][1])["id"] == retry["id"]
+
+
+async def test_keys_expire_with_the_dedupe_window(hubs: Hubs) -> None:
+    """Past the window a key publishes again, and the stored key is forgotten."""
+    srv = HubServer(host="127.0.0.1", port=0, broker=SqliteBroker(hubs.path))
+    srv.broker.dedupe_window = 0.3
+    hubs.srv = srv
+    await srv.start()
+    first = await srv.broker.publish_keyed([("test.event", "a", {})], ["short"])
+    assert isinstance(first[0], Event)
+
+    def keys_left() -> int:
+        with sqlite3.connect(hubs.path) as db:
+            return int(db.execute("SELECT count(*) FROM keys").fetchone()[0])
+
+    await until(lambda: keys_left() == 0)
+    again = await srv.broker.publish_keyed([("test.event", "a", {})], ["short"])
+    assert isinstance(again[0], Event) and again[0].id != first[0].id

@@ -569,3 +569,47 @@ def test_sqlite_options_need_the_sqlite_broker() -> None:
     bad = run_norn("serve", "--port", "0", "--broker", "sqlite:///tmp/x.db", "--retention", "a week")
     assert bad.returncode == 2 and "is not a duration: use seconds (30, 1.5) or units d, h, m, s, ms" in bad.stderr
 
+
+async def test_keyed_resend_after_kill_9_publishes_each_event_once(tmp_path: Path, hubs: list[Hub]) -> None:
+    """Keyed publishes with the hub killed (-9) mid-storm: re-sending everything after the restart (the
+    acknowledged ones too) stores each event exactly once, and an acknowledged one keeps its id."""
+    db = tmp_path / "events.db"
+    hub = Hub(db, "--history", "100000")
+    hubs.append(hub)
+    await hub.start()
+    total = 2000
+    acked: dict[int, str] = {}
+
+    def keyed(n: int) -> dict[str, Any]:
+        return {"type": "drill.tick", "appId": "drill", "payload": {"n": n}, "key": f"drill-{n}"}
+
+    async with connect(hub.url + "/api", open_timeout=TIMEOUT) as api:
+
+        async def send() -> None:
+            for n in range(total):
+                await api.send(json.dumps({"op": "publish", "event": keyed(n)}))
+
+        sender = asyncio.ensure_future(send())
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                for n in range(total):
+                    acked[n] = json.loads(await api.recv())["id"]
+                    if n == 700:
+                        hub.kill()
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+    await hub.wait()
+    assert 700 <= len(acked) < total
+    await hub.start()
+    async with connect(hub.url + "/api", open_timeout=TIMEOUT) as api:
+        for start in range(0, total, 100):
+            await api.send(json.dumps({"op": "publish", "events": [keyed(n) for n in range(start, start + 100)]}))
+        async with asyncio.timeout(TIMEOUT):
+            replies = [json.loads(await api.recv()) for _ in range(0, total, 100)]
+    ids = [i for r in replies for i in r["ids"]]
+    assert all(ids[n] == event_id for n, event_id in acked.items())
+    stored = [p["n"] for _, _, p in on_disk(db)]
+    assert sorted(stored) == list(range(total))  # each once

@@ -92,6 +92,10 @@ class KeyWindow:
             return None
         return hit[0]
 
+    def discard(self, key: str) -> None:
+        """Forget `key` (its event was not stored after all)."""
+        self._keys.pop(key, None)
+
     def add(self, key: str, event_id: str, now: float) -> None:
         keys = self._keys
         keys[key] = (event_id, now + self.window)

@@ -43,9 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from norn_cli.core.events import Event, EventId, Filter, format_id, make_event
-from norn_cli.hub.brokers.base import Broker, Deliver, IdClock, Item, Receiver, Replay, Unavailable
+from norn_cli.hub.brokers.base import (
+    Broker, Deliver, Duplicate, IdClock, Item, KeyWindow, Receiver, Replay, Unavailable,
+)  # fmt: skip
 from norn_cli.hub.brokers.sqlite_file import (
-    FSYNC, LOOKUP_TYPES, SEQ_MAX, Opened, connect, id_of, key_of, open_file, parse_sqlite_url, select, write_reason,
+    FSYNC, LOOKUP_TYPES, SEQ_MAX, Opened, connect, id_of, key_of, load_keys, open_file, parse_sqlite_url, select,
+    write_reason,
 )  # fmt: skip
 
 __all__ = ["SqliteBroker"]
@@ -64,13 +67,17 @@ STATE_EVERY = 1.0  # seconds between writes of the count to the state row while 
 
 
 class _Group:
-    """Events one publish call handed over, and the future its caller awaits."""
+    """Events one publish call handed over, the publish keys stored with them
+    (key, id, expires), and the future its caller awaits."""
 
-    __slots__ = ("events", "future")
+    __slots__ = ("events", "future", "keys")
 
-    def __init__(self, events: list[Event], future: asyncio.Future[list[Event]]) -> None:
+    def __init__(
+        self, events: list[Event], future: asyncio.Future[list[Event]], keys: list[tuple[str, str, float]] | None = None
+    ) -> None:
         self.events = events
         self.future = future
+        self.keys = keys
 
 
 class SqliteBroker(Broker):
@@ -113,6 +120,7 @@ class SqliteBroker(Broker):
         self._inbox: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()  # None: wake up and look
         self._stopping = False  # the writer thread ends once the inbox is empty
         self._inserts: dict[int, str] = {}
+        self._pending_keys: dict[str, asyncio.Future[list[Event]]] = {}  # keys whose events are being committed
         self._closed = False
         self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
@@ -138,6 +146,7 @@ class SqliteBroker(Broker):
         self._next_probe = 0.0
         self._next_prune = 0.0  # after a failed step, wait before the next
         self._next_state = 0.0
+        self._next_key_prune: float | None = None  # when the oldest stored publish key expires
         self._state_written = 0  # the newest key the state row counts
 
     # ------------------------------------------------------------ lifecycle
@@ -161,6 +170,12 @@ class SqliteBroker(Broker):
         self._stored = self._delivered = self._state_written = f.last_key
         self._floor, self._count, self._oldest = f.floor_key, f.count, f.oldest
         self._clock = IdClock(id_of(max(f.last_key, f.floor_key)), max_seq=SEQ_MAX)
+        self._key_window = KeyWindow(self.dedupe_window)
+        loaded = load_keys(f.db, time.time())
+        for key, event_id, expires in loaded:  # keys outlive the process, as events do
+            self._key_window.add(key, event_id, expires - self.dedupe_window)
+        if loaded:
+            self._next_key_prune = time.monotonic() + max(0.0, loaded[0][2] - time.time())
         self._deliver = deliver
         self._problem = None
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="norn-sqlite-read")
@@ -213,6 +228,79 @@ class SqliteBroker(Broker):
         self._inbox.put(group)
         return await group.future
 
+    async def publish_keyed(self, items: Sequence[Item], keys: Sequence[str | None]) -> list[Event | Duplicate]:
+        """`publish`, except that an item whose key was accepted within the dedupe window is not published.
+
+        The keys are stored with their events, in the same transaction, so
+        they outlive the process as the events do (a publisher re-sending
+        after a `kill -9` of the hub gets the original ids). Checking and
+        numbering happen on the loop, in one go, so a key is never taken
+        twice; a duplicate of a key still being committed is answered once
+        that commit is (and refused if it fails).
+        """
+        if self._closed or self._loop is None:
+            raise Unavailable("the hub is shutting down; nothing was published")
+        window = self._key_window
+        assert window is not None
+        now = time.time()
+        out: list[Event | Duplicate | None] = [None] * len(items)
+        first: dict[str, int] = {}
+        fresh: list[int] = []
+        waits: list[asyncio.Future[list[Event]]] = []
+        for i, key in enumerate(keys):
+            if key is None:
+                fresh.append(i)
+                continue
+            seen = window.get(key, now)
+            if seen is not None:
+                out[i] = Duplicate(seen)
+                pending = self._pending_keys.get(key)
+                if pending is not None:
+                    waits.append(pending)
+            elif key not in first:
+                first[key] = i
+                fresh.append(i)
+        group: _Group | None = None
+        if fresh:
+            events = []
+            rows = []
+            clock = self._clock
+            for i in fresh:
+                etype, app, payload = items[i]
+                eid, ms = clock.next()
+                ev = make_event(eid, etype, app, payload, ms)
+                events.append(ev)
+                out[i] = ev
+                key = keys[i]
+                if key is not None:
+                    rows.append((key, ev.id, now + self.dedupe_window))
+            group = _Group(events, self._loop.create_future(), rows or None)
+            for key, event_id, _ in rows:
+                window.add(key, event_id, now)
+                self._pending_keys[key] = group.future
+            self._inbox.put(group)
+        try:
+            if group is not None:
+                await group.future
+            for pending in waits:  # the originals these duplicate must be stored too
+                await asyncio.shield(pending)
+        except Unavailable:
+            if group is not None and group.keys:
+                for key, _, _ in group.keys:
+                    window.discard(key)  # not stored: a re-send must publish it
+            raise
+        finally:
+            if group is not None and group.keys:
+                for key, _, _ in group.keys:
+                    if self._pending_keys.get(key) is group.future:
+                        del self._pending_keys[key]
+        for i, key in enumerate(keys):
+            if out[i] is None and key is not None:  # repeated within this batch
+                original = out[first[key]]
+                assert isinstance(original, Event)
+                out[i] = Duplicate(original.id)
+        return [r for r in out if r is not None]
+
     def _write_loop(self) -> None:
         """The writer thread: commit everything waiting, prune and probe in between."""
         inbox = self._inbox
@@ -255,7 +343,8 @@ class SqliteBroker(Broker):
         looked_up = [(key_of(ev.key), ev.type, ev.app) for ev in events if ev.type in LOOKUP_TYPES]
         started = time.perf_counter()
         try:
-            if len(events) <= ROWS_PER_INSERT and not looked_up:
+            keyed = [row for g in groups if g.keys for row in g.keys]
+            if len(events) <= ROWS_PER_INSERT and not looked_up and not keyed:
                 db.execute(self._insert(len(events)), _params(events))  # one statement: its own transaction
             else:
                 db.execute("BEGIN IMMEDIATE")
@@ -264,7 +353,11 @@ class SqliteBroker(Broker):
                     db.execute(self._insert(len(chunk)), _params(chunk))
                 if looked_up:
                     db.executemany("INSERT INTO lookups (key, type, app) VALUES (?, ?, ?)", looked_up)
+                if keyed:
+                    db.executemany("INSERT OR REPLACE INTO keys (key, id, expires) VALUES (?, ?, ?)", keyed)
                 db.execute("COMMIT")
+                if keyed and self._next_key_prune is None:
+                    self._next_key_prune = time.monotonic() + self.dedupe_window
         except sqlite3.Error as exc:
             if not self._landed(db, last):
                 self._write_failed(exc)
@@ -358,6 +451,8 @@ class SqliteBroker(Broker):
             due.append(self._next_state - now)
         if self._catch_up:
             due.append(0.0)
+        if self._next_key_prune is not None:
+            due.append(self._next_key_prune - now)
         return min(due)
 
     def _housekeep(self, busy: int = 0) -> None:
@@ -374,6 +469,8 @@ class SqliteBroker(Broker):
             self._write_state()
         if self._catch_up:
             self._finish_checkpoint()
+        if self._next_key_prune is not None and now >= self._next_key_prune and self._problem is None:
+            self._prune_keys()
         if now < self._next_prune:
             return
         excess = self._count - self.history
@@ -400,6 +497,22 @@ class SqliteBroker(Broker):
             log.warning("cannot write the state of %s: %s", self.path, exc)
             return
         self._state_written = stored
+
+    def _prune_keys(self) -> None:
+        """Forget stored publish keys past their window, a step at a time."""
+        db = self._db
+        assert db is not None
+        try:
+            db.execute(
+                "DELETE FROM keys WHERE key IN (SELECT key FROM keys WHERE expires <= ? LIMIT ?)", (time.time(), PRUNE_STEP)
+            )
+            (soonest,) = db.execute("SELECT min(expires) FROM keys").fetchone()
+        except sqlite3.Error as exc:
+            self._landed(db, -1)
+            log.warning("cannot forget old publish keys in %s: %s", self.path, exc)
+            self._next_key_prune = time.monotonic() + PROBE_EVERY
+            return
+        self._next_key_prune = None if soonest is None else time.monotonic() + max(0.0, soonest - time.time())
 
     def _probe(self) -> None:
         """A real write (and its undoing) of PROBE_BYTES: does the disk take writes again?"""

@@ -27,7 +27,7 @@ from norn_cli.hub.brokers.base import IdClock
 
 __all__ = [
     "FSYNC", "LOOKUP_TYPES", "SCHEMA_VERSION", "SEQ_MAX", "Opened", "connect", "id_of", "key_of",
-    "open_file", "parse_sqlite_url", "select", "write_reason",
+    "load_keys", "open_file", "parse_sqlite_url", "select", "write_reason",
 ]  # fmt: skip
 
 log = logging.getLogger("norn.sqlite")
@@ -58,6 +58,9 @@ _SCHEMA = (
     "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), last_key INTEGER NOT NULL,"
     " floor_key INTEGER NOT NULL, count INTEGER NOT NULL, count_key INTEGER NOT NULL)",
     "CREATE TABLE probe (data BLOB)",  # test writes while the disk is full
+    # publish keys (idempotent publish) accepted within the dedupe window, with their events' ids
+    "CREATE TABLE keys (key TEXT PRIMARY KEY, id TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX keys_by_expiry ON keys (expires)",
 )
 
 
@@ -107,6 +110,11 @@ class Opened:
         if self.lock is not None:
             self.lock.close()  # releases the lock
             self.lock = None
+
+
+def load_keys(db: sqlite3.Connection, now: float) -> list[tuple[str, str, float]]:
+    """The publish keys still within their window: (key, id, expires), the oldest first."""
+    return db.execute("SELECT key, id, expires FROM keys WHERE expires > ? ORDER BY expires", (now,)).fetchall()
 
 
 def connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
