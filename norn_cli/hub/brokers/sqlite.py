@@ -47,7 +47,7 @@ from norn_cli.hub.brokers.base import (
     Broker, Deliver, Duplicate, IdClock, Item, KeyWindow, Receiver, Replay, Unavailable,
 )  # fmt: skip
 from norn_cli.hub.brokers.sqlite_file import (
-    FSYNC, LOOKUP_TYPES, SEQ_MAX, Opened, connect, id_of, key_of, load_keys, open_file, parse_sqlite_url, select,
+    FSYNC, LOOKUP_TYPES, SEQ_MAX, Opened, connect, id_of, key_of, open_file, parse_sqlite_url, select,
     write_reason,
 )  # fmt: skip
 
@@ -171,11 +171,10 @@ class SqliteBroker(Broker):
         self._floor, self._count, self._oldest = f.floor_key, f.count, f.oldest
         self._clock = IdClock(id_of(max(f.last_key, f.floor_key)), max_seq=SEQ_MAX)
         self._key_window = KeyWindow(self.dedupe_window)
-        loaded = load_keys(f.db, time.time())
-        for key, event_id, expires in loaded:  # keys outlive the process, as events do
+        for key, event_id, expires in f.keys:  # keys outlive the process, as events do
             self._key_window.add(key, event_id, expires - self.dedupe_window)
-        if loaded:
-            self._next_key_prune = time.monotonic() + max(0.0, loaded[0][2] - time.time())
+        if f.keys:
+            self._next_key_prune = time.monotonic() + max(0.0, f.keys[0][2] - time.time())
         self._deliver = deliver
         self._problem = None
         self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="norn-sqlite-read")

@@ -15,6 +15,7 @@ import heapq
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -27,7 +28,7 @@ from norn_cli.hub.brokers.base import IdClock
 
 __all__ = [
     "FSYNC", "LOOKUP_TYPES", "SCHEMA_VERSION", "SEQ_MAX", "Opened", "connect", "id_of", "key_of",
-    "load_keys", "open_file", "parse_sqlite_url", "select", "write_reason",
+    "open_file", "parse_sqlite_url", "select", "write_reason",
 ]  # fmt: skip
 
 log = logging.getLogger("norn.sqlite")
@@ -104,17 +105,13 @@ class Opened:
     floor_key: int  # every event above it is retained
     count: int  # events retained
     oldest: int | None  # the oldest retained key
+    keys: list[tuple[str, str, float]]  # publish keys still in their window (key, id, expires), oldest first
 
     def close(self) -> None:
         self.db.close()
         if self.lock is not None:
             self.lock.close()  # releases the lock
             self.lock = None
-
-
-def load_keys(db: sqlite3.Connection, now: float) -> list[tuple[str, str, float]]:
-    """The publish keys still within their window: (key, id, expires), the oldest first."""
-    return db.execute("SELECT key, id, expires FROM keys WHERE expires > ? ORDER BY expires", (now,)).fetchall()
 
 
 def connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
@@ -218,11 +215,12 @@ def _prepare(path: Path, db: sqlite3.Connection, lock: IO[str] | None, *, fsync:
         newer, newest = db.execute(
             "SELECT count(*), max(key) FROM events WHERE key > ?", (row[3] if row else 0,)
         ).fetchone()
+        keys = db.execute("SELECT key, id, expires FROM keys WHERE expires > ? ORDER BY expires", (time.time(),)).fetchall()
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot write to {path} ({exc}); make it and its folder writable, or use another file") from None
     if row is None:
         raise ConfigError(f"{path} is not a norn database (its state row is missing); move it away, or use another file")
-    return Opened(db, lock, max(row[0], newest or 0), row[1], row[2] + newer, first[0] if first else None)
+    return Opened(db, lock, max(row[0], newest or 0), row[1], row[2] + newer, first[0] if first else None, keys)
 
 
 def _create(path: Path, db: sqlite3.Connection) -> None:
