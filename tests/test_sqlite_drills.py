@@ -583,10 +583,12 @@ async def test_keyed_resend_after_kill_9_publishes_each_event_once(tmp_path: Pat
     def keyed(n: int) -> dict[str, Any]:
         return {"type": "drill.tick", "appId": "drill", "payload": {"n": n}, "key": f"drill-{n}"}
 
+    window = asyncio.Semaphore(32)  # the hub is never more than 32 acks ahead of this reader
     async with connect(hub.url + "/api", open_timeout=TIMEOUT) as api:
 
         async def send() -> None:
             for n in range(total):
+                await window.acquire()
                 await api.send(json.dumps({"op": "publish", "event": keyed(n)}))
 
         sender = asyncio.ensure_future(send())
@@ -594,6 +596,7 @@ async def test_keyed_resend_after_kill_9_publishes_each_event_once(tmp_path: Pat
             async with asyncio.timeout(TIMEOUT):
                 for n in range(total):
                     acked[n] = json.loads(await api.recv())["id"]
+                    window.release()
                     if n == 700:
                         hub.kill()
         except ConnectionClosed:
