@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -23,6 +22,7 @@ from typing import IO
 import pytest
 
 from conftest import TIMEOUT, norn_argv, norn_env
+from drill_support import finish, start_emit, start_tails, verdict
 from test_redis_broker import RedisProcess, free_port
 
 if shutil.which("haproxy") is None and os.environ.get("NORN_REQUIRE_HAPROXY") == "1":
@@ -104,11 +104,6 @@ async def _copy(src: asyncio.StreamReader, dst: IO[bytes]) -> None:
     dst.close()
 
 
-async def _lines(stream: asyncio.StreamReader, into: list[str]) -> None:
-    while raw := await stream.readline():
-        into.append(raw.decode().rstrip("\n"))
-
-
 async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     servers = "\n".join(f"    server hub{h.n} 127.0.0.1:{h.port} check" for h in hubs)
@@ -160,50 +155,8 @@ async def test_kill_a_hub_every_2s_behind_haproxy_nothing_lost_nothing_doubled(t
         procs.append(haproxy)
         url = f"ws://127.0.0.1:{lb_port}"
 
-        tails: list[tuple[asyncio.subprocess.Process, list[str], list[str]]] = []
-        for _ in range(SUBSCRIBERS):
-            p = await asyncio.create_subprocess_exec(
-                *norn_argv("--url", url, "tail", "-v", "--json", "--count", str(EVENTS), "--app", "drill"),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=norn_env(),
-            )  # fmt: skip
-            procs.append(p)
-            assert p.stdout is not None and p.stderr is not None
-            out: list[str] = []
-            err: list[str] = []
-            async with asyncio.timeout(TIMEOUT):  # -v: it says when it is subscribed
-                while "subscribed to" not in (line := (await p.stderr.readline()).decode()):
-                    assert line, "tail ended before it subscribed"
-                    err.append(line.rstrip("\n"))
-            asyncio.get_running_loop().create_task(_lines(p.stdout, out))
-            asyncio.get_running_loop().create_task(_lines(p.stderr, err))
-            tails.append((p, out, err))
-        emit = await asyncio.create_subprocess_exec(
-            *norn_argv("--url", url, "emit", "--file", "-", "--stream", "--json"),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=norn_env(),
-        )  # fmt: skip
-        procs.append(emit)
-        assert emit.stdout is not None and emit.stderr is not None and emit.stdin is not None
-        acks: list[str] = []
-        emit_err: list[str] = []
-        readers = [
-            asyncio.ensure_future(_lines(emit.stdout, acks)),
-            asyncio.ensure_future(_lines(emit.stderr, emit_err)),
-        ]
-
-        async def feed() -> None:
-            assert emit.stdin is not None
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            chunk = RATE // 20
-            for first in range(0, EVENTS, chunk):
-                lines = "".join(
-                    json.dumps({"type": "drill.tick", "appId": "drill", "payload": {"n": n}}) + "\n"
-                    for n in range(first, min(first + chunk, EVENTS))
-                )
-                emit.stdin.write(lines.encode())
-                await emit.stdin.drain()
-                await asyncio.sleep(max(0.0, start + (first + chunk) / RATE - loop.time()))  # the steady rate
-            emit.stdin.close()
+        tails = await start_tails(url, SUBSCRIBERS, EVENTS, procs)
+        emit = await start_emit(url, procs)
 
         async def killer() -> list[int]:
             killed = []
@@ -216,11 +169,12 @@ async def test_kill_a_hub_every_2s_behind_haproxy_nothing_lost_nothing_doubled(t
                 killed.append(h.n)
             return killed
 
-        async with asyncio.timeout(EVENTS / RATE + TIMEOUT * 4):
-            killed, _ = await asyncio.gather(killer(), feed())
-            code = await emit.wait()
-            await asyncio.gather(*readers)
-            tail_codes = [await p.wait() for p, _, _ in tails]
+        killed: list[int] = []
+
+        async def kill_all() -> None:
+            killed.extend(await killer())
+
+        codes = await finish(emit, tails, kill_all(), EVENTS, RATE)
     finally:
         for p in procs:
             if p.returncode is None:
@@ -231,22 +185,6 @@ async def test_kill_a_hub_every_2s_behind_haproxy_nothing_lost_nothing_doubled(t
                 await h.kill()
         await redis.stop()
 
-    assert code == 0, emit_err[-5:]
-    replies = [json.loads(line) for line in acks]
-    ids = [r["id"] for r in replies]
-    assert len(ids) == EVENTS and len(set(ids)) == EVENTS
-    duplicates = sum(1 for r in replies if r.get("duplicate"))
-    reconnects = sum(1 for line in emit_err if "reconnected to" in line)
-    for (_, out, err), tail_code in zip(tails, tail_codes):
-        assert tail_code == 0, err[-5:]
-        envs = [json.loads(line) for line in out]
-        assert [e["id"] for e in envs] == ids  # exactly these events, each once, in one order
-        assert [e["payload"]["n"] for e in envs] == list(range(EVENTS))
-    tail_reconnects = [sum(1 for line in err if "reconnected to" in line) for _, _, err in tails]
-    print(
-        f"\ndrill: {EVENTS} events, hubs killed {len(killed)} times ({killed}); emit: exit {code}, "
-        f"{len(set(ids))} distinct ids, {duplicates} duplicates absorbed by keys, {reconnects} reconnects; "
-        f"tails: {[len(out) for _, out, _ in tails]} events each, identical order, reconnects {tail_reconnects}"
-    )
+    counts = verdict(emit, tails, codes, EVENTS)
+    print(f"\ndrill: {EVENTS} events, hubs killed {len(killed)} times ({killed}); {counts}")
     assert len(killed) == KILLS
-
