@@ -23,13 +23,24 @@ class FakeApp:
         self.raw: bytes | None = None
         self.requests = 0
         self.server: asyncio.Server | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         self.requests += 1
+        for n, fut in self._waiters:
+            if self.requests >= n and not fut.done():
+                fut.set_result(None)
         writer.write(self.raw or f"HTTP/1.1 {self.code} X\r\nContent-Length: 0\r\n\r\n".encode())
         await writer.drain()
         writer.close()
+
+    async def reached(self, n: int) -> None:
+        """Return once `n` requests have come in (counted as they arrive)."""
+        if self.requests < n:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((n, fut))
+            await fut
 
     @property
     def url(self) -> str:

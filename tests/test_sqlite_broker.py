@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -213,14 +214,19 @@ async def test_handoff_from_disk_to_live_has_no_gap_and_no_duplicate(hubs: Hubs)
             for _ in range(total):
                 assert json.loads(await api.recv())["ok"] is True
 
-        async def consume(delay_events: int) -> list[int]:
-            while srv.hub.published < delay_events:
-                await asyncio.sleep(0.001)
+        async def consume(tap: Any, delay_events: int) -> list[int]:
+            await recv_n(tap, delay_events)  # join once this many live events have gone out
             async with ws(srv.port, f"/ws?since={first[0]}") as sub:
-                return [e["payload"]["n"] for e in await recv_n(sub, total)]
+                # the tap keeps reading, so it never holds the publisher back as a slow consumer
+                _, got = await asyncio.gather(recv_n(tap, total - delay_events), recv_n(sub, total))
+                return [e["payload"]["n"] for e in got]
 
-        async with asyncio.timeout(TIMEOUT):
-            results = await asyncio.gather(produce(), *(consume(d) for d in (1, 50, 200, 400)))
+        async with contextlib.AsyncExitStack() as stack:
+            taps = [await stack.enter_async_context(ws(srv.port, "/ws")) for _ in range(4)]
+            async with asyncio.timeout(TIMEOUT):
+                results = await asyncio.gather(
+                    produce(), *(consume(tap, d) for tap, d in zip(taps, (1, 50, 200, 400)))
+                )
     for seen in results[1:]:
         assert seen == list(range(total))
 

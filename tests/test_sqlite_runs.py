@@ -158,8 +158,7 @@ async def test_health_status_is_known_across_a_restart(tmp_path: Path, fake_app:
         async with ws(srv.port, "/ws?type=app.status&last=1") as sub:
             assert await recv_json(sub) == first  # known at once, from disk
             async with asyncio.timeout(TIMEOUT):
-                while fake_app.requests < 3:  # two checks have been answered and judged
-                    await asyncio.sleep(0.01)
+                await fake_app.reached(3)  # two checks have been answered and judged
             assert srv.hub.published == 0  # the same health: nothing new to say
             fake_app.code = 503
             changed = await recv_json(sub)
