@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import secrets
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
@@ -150,6 +149,9 @@ def read_ndjson(
     return events
 
 
+_READ_AHEAD = 1000  # lines the stdin reader may be ahead of the publisher
+
+
 async def stream_ndjson(
     stream: IO[bytes],
     *,
@@ -165,21 +167,22 @@ async def stream_ndjson(
     the events before it.
     """
     loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+    room = threading.Semaphore(_READ_AHEAD)  # lines handed over and not yet taken
+    stopped = threading.Event()
 
-    def hand_over(line: bytes | None) -> concurrent.futures.Future[None]:
-        put = lines.put(line)
-        try:
-            return asyncio.run_coroutine_threadsafe(put, loop)
-        except RuntimeError:  # the loop is closed: close the coroutine, or it is reported as never awaited
-            put.close()
-            raise
+    def hand_over(line: bytes | None) -> None:
+        # A plain callback, not a coroutine: a loop that closes first leaves nothing unawaited.
+        loop.call_soon_threadsafe(lines.put_nowait, line)
 
     def read() -> None:
         try:
             for line in stream:
-                hand_over(line).result()
-        except (RuntimeError, OSError, ValueError, concurrent.futures.CancelledError):
+                room.acquire()
+                if stopped.is_set():
+                    return
+                hand_over(line)
+        except (RuntimeError, OSError, ValueError):
             pass  # the loop ended, or the input broke: the reader stops either way
         finally:
             try:
@@ -189,10 +192,15 @@ async def stream_ndjson(
 
     threading.Thread(target=read, name="norn-emit-stdin", daemon=True).start()
     number = 0
-    while (line := await lines.get()) is not None:
-        number += 1
-        if line.strip():
-            yield keyed(_parse_line(line, number, source, default_type, default_app), key_prefix, number)
+    try:
+        while (line := await lines.get()) is not None:
+            room.release()
+            number += 1
+            if line.strip():
+                yield keyed(_parse_line(line, number, source, default_type, default_app), key_prefix, number)
+    finally:
+        stopped.set()
+        room.release(_READ_AHEAD)  # a reader waiting for room wakes, sees `stopped` and ends
 
 
 async def emit_event(
