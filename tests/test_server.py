@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import socket
 from collections import deque
@@ -12,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import TIMEOUT
+from norn_cli.core.events import parse_id
 from helpers import event, http_get, publish, recv_json, recv_n, request, wait_members, ws
 from norn_cli.hub.brokers.memory import MemoryBroker
 from norn_cli.core.errors import ConfigError
@@ -121,6 +123,11 @@ async def test_gap_frame_for_an_id_from_before_this_hub() -> None:
     """Resuming a fresh in-memory hub with an id from its previous run warns of a gap."""
     async with HubServer(port=0) as first, ws(first.port, "/api") as api:
         [old] = await publish(api, event())
+    # The precondition: the second hub starts after that id's millisecond. A VM's wall clock can
+    # step back by a millisecond; wait (bounded) until it has passed the id again.
+    async with asyncio.timeout(TIMEOUT):
+        while time.time() * 1000 <= parse_id(old)[0] + 1:
+            await asyncio.sleep(0.001)
     async with HubServer(port=0) as second:
         async with ws(second.port, "/api") as api:
             [new] = await publish(api, event(n=1))
