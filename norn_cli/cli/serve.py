@@ -77,6 +77,10 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--fsync", type=click.Choice(["normal", "always"]), default="normal", show_default=True, envvar="NORN_FSYNC",
     help="SQLite: 'always' syncs every commit to disk, to survive power loss (slower) [env NORN_FSYNC].",
 )  # fmt: skip
+@click.option(
+    "--pin-cpu/--no-pin-cpu", default=True, show_default=True, envvar="NORN_PIN_CPU",
+    help="SQLite: keep the event loop and the writer thread on one CPU, the fastest for their hand-offs [env NORN_PIN_CPU].",
+)  # fmt: skip
 @click.option("--redis-stream", envvar="NORN_REDIS_STREAM", default="norn:events", show_default=True, metavar="KEY", help="The Redis stream hubs share [env NORN_REDIS_STREAM].")
 @click.option(
     "--dedupe-window", type=click.IntRange(1), default=600, show_default=True, envvar="NORN_DEDUPE_WINDOW", metavar="SECONDS",
@@ -111,6 +115,7 @@ def serve(
     broker: str | None,
     retention: float | None,
     fsync: str,
+    pin_cpu: bool,
     redis_stream: str,
     dedupe_window: int,
     certfile: str | None,
@@ -157,8 +162,9 @@ def serve(
             stderr(f"norn: warning: {warning}")
     try:
         the_broker = open_broker(
-            broker, history=history, stream=redis_stream, dedupe_window=dedupe_window, retention=retention, fsync=fsync
-        )
+            broker, history=history, stream=redis_stream, dedupe_window=dedupe_window, retention=retention,
+            fsync=fsync, pin_cpu=pin_cpu,
+        )  # fmt: skip
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
 

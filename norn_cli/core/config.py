@@ -34,7 +34,7 @@ SERVE_KEYS: dict[str, type] = {
     "queue_size": int, "fanout_threads": int, "broker": str, "redis_stream": str, "certfile": str, "keyfile": str,
     "dedupe_window": int,
     "token_file": str, "handshake_timeout": str, "max_connections": int, "max_connections_per_ip": int,
-    "ui": bool, "retention": str, "fsync": str,
+    "ui": bool, "retention": str, "fsync": str, "pin_cpu": bool,
 }  # fmt: skip
 FSYNC_MODES = ("normal", "always")
 

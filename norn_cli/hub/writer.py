@@ -26,6 +26,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
+from norn_cli.hub import cpus
+
 __all__ = ["MIN_TARGETS", "FanoutWriter", "default_threads"]
 
 K = TypeVar("K")
@@ -115,6 +117,7 @@ class FanoutWriter(Generic[K]):
             self._helpers.append(t)
 
     def _run(self) -> None:
+        cpus.run_anywhere()  # a helper is there to use another CPU than the loop's
         jobs = self._jobs
         while True:
             job = jobs.get()

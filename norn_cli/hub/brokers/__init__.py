@@ -19,21 +19,23 @@ def open_broker(
     dedupe_window: float = DEDUPE_WINDOW,
     retention: float | None = None,
     fsync: str = "normal",
+    pin_cpu: bool = True,
 ) -> Broker:
     """The broker for a `--broker` URL: memory when empty, SQLite for sqlite://PATH, Redis for redis(s)://.
 
-    `retention` (seconds) and `fsync` apply to SQLite only; ValueError when
-    they are given for another broker, or the URL is malformed.
+    `retention` (seconds), `fsync` and `pin_cpu` apply to SQLite only;
+    ValueError when they are given for another broker, or the URL is
+    malformed.
     """
-    broker = _open(url, history=history, stream=stream, retention=retention, fsync=fsync)
+    broker = _open(url, history=history, stream=stream, retention=retention, fsync=fsync, pin_cpu=pin_cpu)
     broker.dedupe_window = dedupe_window
     return broker
 
 
-def _open(url: str | None, *, history: int, stream: str, retention: float | None, fsync: str) -> Broker:
+def _open(url: str | None, *, history: int, stream: str, retention: float | None, fsync: str, pin_cpu: bool) -> Broker:
     is_sqlite = url is not None and url.startswith("sqlite://")
-    if not is_sqlite and (retention is not None or fsync != "normal"):
-        raise ValueError("--retention and --fsync apply to the SQLite broker only (--broker sqlite:///PATH)")
+    if not is_sqlite and (retention is not None or fsync != "normal" or not pin_cpu):
+        raise ValueError("--retention, --fsync and --no-pin-cpu apply to the SQLite broker only (--broker sqlite:///PATH)")
     if not url or url == "memory":
         from norn_cli.hub.brokers.memory import MemoryBroker
 
@@ -41,7 +43,7 @@ def _open(url: str | None, *, history: int, stream: str, retention: float | None
     if is_sqlite:
         from norn_cli.hub.brokers.sqlite import SqliteBroker
 
-        return SqliteBroker.from_url(url, history=history, retention=retention, fsync=fsync)
+        return SqliteBroker.from_url(url, history=history, retention=retention, fsync=fsync, pin_cpu=pin_cpu)
     if url.startswith(("redis://", "rediss://", "unix://")):
         try:
             from norn_cli.hub.brokers.redis import RedisBroker

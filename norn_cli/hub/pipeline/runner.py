@@ -30,6 +30,7 @@ from norn_cli.core.events import Event, EventId, Filter, format_id, now_ts, vali
 from norn_cli.core.run_state import FAILED, RUNNING, RunState, StepState
 from norn_cli.hub.pipeline.health import check_health
 from norn_cli.hub.pipeline.steps import OutputTail, StepProtocol, exit_error, killpg
+from norn_cli.hub.cpus import anywhere
 from norn_cli.hub.fanout import Hub
 
 __all__ = ["CANCELLED", "RESTARTED", "Runner", "attach_runner"]
@@ -420,11 +421,12 @@ class Runner:
         tail = OutputTail()
         error: str | None = CANCELLED
         try:
-            transport, proto = await loop.subprocess_shell(
-                lambda: StepProtocol(tail, loop), step.run, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=run.app.workdir,
-                env=self._env(run, step), start_new_session=True,
-            )  # fmt: skip
+            with anywhere():  # not the one CPU the loop thread may be pinned to
+                transport, proto = await loop.subprocess_shell(
+                    lambda: StepProtocol(tail, loop), step.run, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=run.app.workdir,
+                    env=self._env(run, step), start_new_session=True,
+                )  # fmt: skip
         except OSError as exc:
             error = f"cannot start in {run.app.workdir}: {exc.strerror or exc}"
             await self._step_ended(run, step.name, started, [], error)
