@@ -9,6 +9,11 @@ import os
 import struct
 from typing import Any
 
+from collections.abc import Sequence
+
+from norn_cli.core.events import Event, Filter
+from norn_cli.hub.brokers.base import Item
+from norn_cli.hub.brokers.memory import MemoryBroker
 from norn_cli.hub.server import HubServer
 from tests.conftest import TIMEOUT
 
@@ -208,3 +213,39 @@ async def test_frames_in_the_handshake_packet(hub: HubServer) -> None:
     assert (await raw.reply())["ok"] is True
     assert (await raw.reply())["ok"] is True
     await raw.close()
+
+
+class SlowSecondCommit(MemoryBroker):
+    """A broker whose second publish is stored only once `gate` is set: a commit that takes its time."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.calls = 0
+        self.gate = asyncio.Event()
+
+    async def publish(self, items: Sequence[Item]) -> list[Event]:
+        self.calls += 1
+        if self.calls == 2:
+            await self.gate.wait()
+        return await super().publish(items)
+
+
+async def test_each_run_is_acked_before_the_next_is_stored() -> None:
+    """Pipelined publishes folded into two broker calls: the first call's acks go out while the second still waits.
+
+    Held back until the second was stored, they kept a publisher's window of
+    unacknowledged requests full for a whole extra commit on the SQLite broker.
+    """
+    broker = SlowSecondCommit()
+    async with HubServer(port=0, broker=broker, queue_size=4) as srv:  # calls of at most 2 events
+        raw = await Raw.open(srv)
+        await raw.send(publish(1) + publish(2) + publish(3))
+        first = [await raw.reply() for _ in range(2)]
+        assert [r["ok"] for r in first] == [True, True]
+        assert broker.calls == 2 and not broker.gate.is_set()  # the third is still being stored
+        broker.gate.set()
+        third = await raw.reply()
+        assert third["ok"] is True
+        stored = broker.replay_now(since=None, last=10, flt=Filter()).events
+        assert [r["id"] for r in first] + [third["id"]] == [ev.id for ev in stored]
+        await raw.close()

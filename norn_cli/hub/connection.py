@@ -444,18 +444,18 @@ class Connection(asyncio.Protocol):
                 await self.wake
                 self.wake = None
             self.busy = True
-            replies: list[bytes] = []
             while requests:
                 if hub.congested:
                     # A subscriber is behind but may still be draining: deliver
-                    # and ack what we have, then hold this publisher for it.
-                    self._answer(replies)
-                    replies = []
+                    # what we have, then hold this publisher for it.
+                    hub.flush()
                     await hub.wait_for_room(loop.time())
                     if not requests:
                         break
-                replies.extend(dumps(r) for r in await srv.api.handle_run(requests))
-            self._answer(replies)
+                # Each run's acks as soon as it is done: the next run may wait
+                # for a commit (SQLite), and a publisher whose acks were held
+                # that long would stop at its window of unacknowledged requests.
+                self._answer([dumps(r) for r in await srv.api.handle_run(requests)])
             self.busy = False
             if self.held is not None:
                 held, self.held = bytes(self.held), None
