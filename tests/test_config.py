@@ -128,7 +128,7 @@ def test_serve_table(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("serve = 3", "serve must be a table, like [serve]"),
-        ("[serve]\nprot = 1", "serve.prot is not a known key (known: allowed_origins, broker, certfile, dedupe_window, fanout_threads, fsync, handshake_timeout, history, host, keyfile, max_connections, max_connections_per_ip, port, queue_size, redis_stream, retention, token, token_file, ui)"),
+        ("[serve]\nprot = 1", "serve.prot is not a known key (known: allowed_origins, broker, certfile, dedupe_window, fanout_threads, fsync, handshake_timeout, history, host, keyfile, max_connections, max_connections_per_ip, pin_cpu, port, queue_size, redis_stream, retention, token, token_file, ui)"),
         ("[serve]\nport = 70000", "serve.port must be a port number from 0 to 65535, got 70000"),
         ("[serve]\nhistory = true", "serve.history must be a whole number, 0 or more, got True"),
         ("[serve]\nqueue_size = 0", "serve.queue_size must be at least 1, got 0"),

@@ -65,20 +65,23 @@ def test_sqlite_hub_pins_loop_and_writer_and_steps_get_every_cpu(tmp_path: Path)
         assert hub.stop(signal.SIGTERM)[0] == 0
 
 
-def test_no_pin_cpu_leaves_every_thread_to_the_os(tmp_path: Path) -> None:
-    """--no-pin-cpu: no thread of the hub is pinned."""
-    hub = Served("serve", "--port", "0", "--broker", f"sqlite://{tmp_path}/events.db", "--no-pin-cpu")
+@pytest.mark.parametrize("how", ["flag", "env", "file"])
+def test_no_pin_cpu_leaves_every_thread_to_the_os(tmp_path: Path, how: str) -> None:
+    """--no-pin-cpu, NORN_PIN_CPU=0 or `pin_cpu = false` in [serve]: no thread of the hub is pinned."""
+    (tmp_path / "norn.toml").write_text("[serve]\npin_cpu = false\n")
+    args = ["serve", "--port", "0", "--broker", f"sqlite://{tmp_path}/events.db"]
+    env = {}
+    if how == "flag":
+        args.append("--no-pin-cpu")
+    elif how == "env":
+        env["NORN_PIN_CPU"] = "0"
+    else:
+        args += ["--config", str(tmp_path / "norn.toml")]
+    hub = Served(*args, **env)
     try:
         assert set(thread_cpus(hub.proc.pid).values()) == {ALL}
     finally:
         assert hub.stop(signal.SIGTERM)[0] == 0
-
-
-def test_no_pin_cpu_is_for_sqlite_only() -> None:
-    """Given with another broker it is a usage error, as --fsync is."""
-    result = run_norn("serve", "--port", "0", "--no-pin-cpu")
-    assert result.returncode == 2
-    assert "--retention, --fsync and --no-pin-cpu apply to the SQLite broker only" in result.stderr
 
 
 def test_pin_unpin_and_what_inherits() -> None:

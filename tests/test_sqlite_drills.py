@@ -562,10 +562,11 @@ async def test_serve_table_path_is_beside_the_config_file(tmp_path: Path, hubs: 
 
 
 def test_sqlite_options_need_the_sqlite_broker() -> None:
-    """--retention or --fsync with the memory broker is a usage error naming the broker they need."""
-    result = run_norn("serve", "--port", "0", "--retention", "7d")
-    assert result.returncode == 2
-    assert "--retention and --fsync apply to the SQLite broker only (--broker sqlite:///PATH)" in result.stderr
+    """--retention, --fsync or --no-pin-cpu with the memory broker is a usage error naming the broker they need."""
+    for option in (["--retention", "7d"], ["--fsync", "always"], ["--no-pin-cpu"]):
+        result = run_norn("serve", "--port", "0", *option)
+        assert result.returncode == 2
+        assert "--retention, --fsync and --no-pin-cpu apply to the SQLite broker only (--broker sqlite:///PATH)" in result.stderr
     bad = run_norn("serve", "--port", "0", "--broker", "sqlite:///tmp/x.db", "--retention", "a week")
     assert bad.returncode == 2 and "is not a duration: use seconds (30, 1.5) or units d, h, m, s, ms" in bad.stderr
 
