@@ -54,11 +54,12 @@ async def hubs(tmp_path: Path) -> AsyncIterator[Hubs]:
         await h.stop()
 
 
-async def until(check: Any) -> None:
-    """Wait (bounded) for a condition the broker's threads make true."""
+async def until(broker: Any, check: Any) -> None:
+    """Wait (bounded) for a condition the broker's writer thread makes true: checked after each change it makes."""
+    assert isinstance(broker, SqliteBroker)
     async with asyncio.timeout(TIMEOUT):
         while not check():
-            await asyncio.sleep(0.01)
+            await broker.changed()
 
 
 def stored(path: Path) -> list[tuple[int, str]]:
@@ -236,7 +237,7 @@ async def test_since_before_the_history_reports_a_gap_and_inside_it_none(hubs: H
     srv = await hubs.start(history=5)
     async with ws(srv.port, "/api") as api:
         ids = await publish(api, *(event(n=i) for i in range(12)))
-    await until(lambda: srv.broker.retained == 5)
+    await until(srv.broker, lambda: srv.broker.retained == 5)
     async with ws(srv.port, f"/ws?since={ids[2]}") as sub:
         gap = await recv_json(sub)
         assert gap == {"type": "hub.gap", "appId": "", "payload": {"since": ids[2], "oldest": ids[7]}}
@@ -256,7 +257,7 @@ async def test_retention_by_age(hubs: Hubs) -> None:
     srv = await hubs.start(retention=0.3)
     async with ws(srv.port, "/api") as api:
         ids = await publish(api, event(n=1), event(n=2))
-        await until(lambda: srv.broker.retained == 0)
+        await until(srv.broker, lambda: srv.broker.retained == 0)
         assert stored(hubs.path) == []
         async with ws(srv.port, f"/ws?since={ids[0]}") as sub:
             assert (await recv_json(sub))["type"] == "hub.gap"
@@ -296,7 +297,7 @@ async def test_write_errors_refuse_publishes_until_writes_succeed_again(hubs: Hu
         assert [e["id"] for e in await recv_n(sub, len(acked))] == acked
         assert [json.loads(d)["id"] for _, d in stored(hubs.path)] == acked
         broker.history = 2  # the operator frees space: pruning makes room
-        await until(lambda: broker.problem is None)
+        await until(broker, lambda: broker.problem is None)
         assert (await http_get(srv.port, "/healthz"))[0] == 200
         new = await publish(api, event(n="after"))
         assert (await recv_json(sub))["id"] == new[0]
@@ -403,7 +404,7 @@ async def test_a_key_whose_events_were_not_stored_is_not_remembered(hubs: Hubs) 
                 n += 1
         assert reply["error"]["code"] == "unavailable"
         broker.history = 2
-        await until(lambda: broker.problem is None)
+        await until(broker, lambda: broker.problem is None)
         retry = await request(api, {"op": "publish", "event": {**keyed(n, f"k{n}"), "payload": {"pad": "y"}}})
     assert retry["ok"] and "duplicate" not in retry
     assert json.loads(stored(hubs.path)[-1][1])["id"] == retry["id"]
@@ -422,6 +423,6 @@ async def test_keys_expire_with_the_dedupe_window(hubs: Hubs) -> None:
         with sqlite3.connect(hubs.path) as db:
             return int(db.execute("SELECT count(*) FROM keys").fetchone()[0])
 
-    await until(lambda: keys_left() == 0)
+    await until(srv.broker, lambda: keys_left() == 0)
     again = await srv.broker.publish_keyed([("test.event", "a", {})], ["short"])
     assert isinstance(again[0], Event) and again[0].id != first[0].id

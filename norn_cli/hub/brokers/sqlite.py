@@ -28,8 +28,9 @@ one per CHECKPOINT_BYTES of events, and one once publishing pauses.
 The loop thread and the writer thread are pinned to one CPU (`pin_cpu`,
 hub/cpus.py): every commit is two hand-offs between them, and on one CPU a
 hand-off is a switch between two threads that take turns with the GIL
-anyway, where across two it is a wake-up of the other CPU (measured: one
-publisher's throughput 47,000 events/s across two CPUs, 61,000 on one).
+anyway, where across two it is a wake-up of the other CPU (measured on
+two vCPUs: one publisher's throughput 45,000-48,000 events/s across them,
+59,000-61,000 on one).
 
 The clock restarts after the stored last id, so ids keep increasing across
 restarts even when the wall clock went back. The file itself (schema, ids
@@ -140,6 +141,7 @@ class SqliteBroker(Broker):
         self._wal_due = threading.Event()  # the writer asks for a checkpoint
         self._wal_bytes = 0  # committed since it last asked
         self._catch_up = False  # the checkpointer made a pass: the writer copies the rest
+        self._changes: asyncio.Event | None = None  # set (and replaced) when the writer changed something
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -191,6 +193,7 @@ class SqliteBroker(Broker):
             self._next_key_prune = time.monotonic() + max(0.0, f.keys[0][2] - time.time())
         self._deliver = deliver
         self._problem = None
+        self._changes = asyncio.Event()
         self._readers = concurrent.futures.ThreadPoolExecutor(
             READERS, thread_name_prefix="norn-sqlite-read", initializer=cpus.run_anywhere
         )
@@ -435,6 +438,7 @@ class SqliteBroker(Broker):
         for g in groups:
             if not g.future.done():
                 g.future.set_result(g.events)
+        self._changed()
 
     @staticmethod
     def _refuse(groups: list[_Group], problem: str | None) -> None:
@@ -450,10 +454,12 @@ class SqliteBroker(Broker):
             log.warning("%s; publishes are refused until writes succeed again", problem)
         self._problem = problem
         self._next_probe = time.monotonic() + PROBE_EVERY
+        self._post(self._changed)
 
     def _healed(self) -> None:
         log.warning("%s takes writes again; publishing resumes", self.path)
         self._problem = None
+        self._post(self._changed)
 
     # ------------------------------------------------------------ housekeeping (writer thread)
 
@@ -537,6 +543,7 @@ class SqliteBroker(Broker):
             self._next_key_prune = time.monotonic() + PROBE_EVERY
             return
         self._next_key_prune = None if soonest is None else time.monotonic() + max(0.0, soonest - time.time())
+        self._post(self._changed)
 
     def _probe(self) -> None:
         """A real write (and its undoing) of PROBE_BYTES: does the disk take writes again?"""
@@ -591,6 +598,7 @@ class SqliteBroker(Broker):
         self._state_written = stored
         self._oldest = first[0] if first else None
         self._pruned += deleted
+        self._post(self._changed)
         return int(deleted)
 
     @staticmethod
@@ -692,6 +700,21 @@ class SqliteBroker(Broker):
         return rows, floor, first[0] if first else None
 
     # ------------------------------------------------------------ figures
+
+    def _changed(self) -> None:
+        """On the loop: wake whoever waits in `changed`."""
+        if self._changes is not None:
+            self._changes.set()
+            self._changes = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Return once the writer thread has next changed the history, the stored keys or `problem`.
+
+        For whoever watches those from the loop (the tests): check, and
+        await this while the check fails.
+        """
+        assert self._changes is not None, "the broker has not started"
+        await self._changes.wait()
 
     @property
     def problem(self) -> str | None:
