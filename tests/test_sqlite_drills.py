@@ -187,6 +187,7 @@ class Follower:
         self.since = ""
         self.task: asyncio.Task[None] | None = None
         self.joined = asyncio.Event()
+        self.got = asyncio.Event()  # set (and replaced) at each id received
 
     def follow(self, hub: Hub) -> None:
         self.joined.clear()
@@ -205,6 +206,8 @@ class Follower:
                     if "id" in env:
                         self.ids.append(env["id"])
                         self.since = env["id"]
+                        self.got.set()
+                        self.got = asyncio.Event()
         except (ConnectionClosed, OSError):
             pass
 
@@ -216,7 +219,7 @@ class Follower:
     async def caught_up(self, last_id: str) -> None:
         async with asyncio.timeout(TIMEOUT):
             while not self.ids or self.ids[-1] != last_id:
-                await asyncio.sleep(0.01)
+                await self.got.wait()
 
 
 async def test_kill_9_storms_lose_no_acknowledged_event(tmp_path: Path, hubs: list[Hub]) -> None:

@@ -96,6 +96,39 @@ class KeyWindow:
         """Forget `key` (its event was not stored after all)."""
         self._keys.pop(key, None)
 
+    def sort(self, keys: Sequence[str | None], now: float) -> tuple[list[Event | Duplicate | None], list[int]]:
+        """A keyed batch against the window: (its results with the window's duplicates in place, the indexes to publish).
+
+        A key repeated within the batch is published at its first place
+        only; `settle` fills in the other places once that one has its event.
+        """
+        out: list[Event | Duplicate | None] = [None] * len(keys)
+        fresh: list[int] = []
+        taken: set[str] = set()
+        for i, key in enumerate(keys):
+            if key is None:
+                fresh.append(i)
+            elif (seen := self.get(key, now)) is not None:
+                out[i] = Duplicate(seen)
+            elif key not in taken:
+                taken.add(key)
+                fresh.append(i)
+        return out, fresh
+
+    @staticmethod
+    def settle(out: list[Event | Duplicate | None], keys: Sequence[str | None]) -> list[Event | Duplicate]:
+        """The results of a sorted batch whose fresh places are published: a repeated key is a duplicate of its first place."""
+        firsts: dict[str, str] = {}
+        done: list[Event | Duplicate] = []
+        for r, key in zip(out, keys):
+            if r is None:
+                assert key is not None
+                r = Duplicate(firsts[key])
+            elif key is not None and isinstance(r, Event):
+                firsts[key] = r.id
+            done.append(r)
+        return done
+
     def add(self, key: str, event_id: str, now: float) -> None:
         keys = self._keys
         keys[key] = (event_id, now + self.window)
@@ -168,22 +201,7 @@ class Broker(abc.ABC):
             self._key_window, self._key_lock = KeyWindow(self.dedupe_window), asyncio.Lock()
         window = self._key_window
         async with self._key_lock:  # no other keyed publish between check and append
-            now = time.monotonic()
-            out: list[Event | Duplicate | None] = [None] * len(items)
-            first: dict[str, int] = {}
-            fresh: list[int] = []
-            for i, key in enumerate(keys):
-                if key is None:
-                    fresh.append(i)
-                    continue
-                seen = window.get(key, now)
-                if seen is not None:
-                    out[i] = Duplicate(seen)
-                elif key in first:
-                    out[i] = None  # filled in from its first place below
-                else:
-                    first[key] = i
-                    fresh.append(i)
+            out, fresh = window.sort(keys, time.monotonic())
             events = await self.publish([items[i] for i in fresh]) if fresh else []
             now = time.monotonic()
             for i, ev in zip(fresh, events):
@@ -191,12 +209,7 @@ class Broker(abc.ABC):
                 key = keys[i]
                 if key is not None:
                     window.add(key, ev.id, now)
-            for i, key in enumerate(keys):
-                if out[i] is None and key is not None:
-                    original = out[first[key]]
-                    assert isinstance(original, Event)
-                    out[i] = Duplicate(original.id)
-        return [r for r in out if r is not None]
+        return window.settle(out, keys)
 
     @abc.abstractmethod
     async def replay(self, *, since: EventId | None, last: int | None, flt: Filter) -> Replay:

@@ -265,23 +265,11 @@ class SqliteBroker(Broker):
         window = self._key_window
         assert window is not None
         now = time.time()
-        out: list[Event | Duplicate | None] = [None] * len(items)
-        first: dict[str, int] = {}
-        fresh: list[int] = []
-        waits: list[asyncio.Future[list[Event]]] = []
-        for i, key in enumerate(keys):
-            if key is None:
-                fresh.append(i)
-                continue
-            seen = window.get(key, now)
-            if seen is not None:
-                out[i] = Duplicate(seen)
-                pending = self._pending_keys.get(key)
-                if pending is not None:
-                    waits.append(pending)
-            elif key not in first:
-                first[key] = i
-                fresh.append(i)
+        out, fresh = window.sort(keys, now)
+        waits = [  # the window's duplicates of keys still being committed
+            pending for r, key in zip(out, keys) if r is not None and key is not None
+            and (pending := self._pending_keys.get(key)) is not None
+        ]  # fmt: skip
         group: _Group | None = None
         if fresh:
             events = []
@@ -316,12 +304,7 @@ class SqliteBroker(Broker):
                 for key, _, _ in group.keys:
                     if self._pending_keys.get(key) is group.future:
                         del self._pending_keys[key]
-        for i, key in enumerate(keys):
-            if out[i] is None and key is not None:  # repeated within this batch
-                original = out[first[key]]
-                assert isinstance(original, Event)
-                out[i] = Duplicate(original.id)
-        return [r for r in out if r is not None]
+        return window.settle(out, keys)
 
     def _write_loop(self) -> None:
         """The writer thread: commit everything waiting, prune and probe in between."""
