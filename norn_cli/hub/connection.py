@@ -38,6 +38,7 @@ _ws_log = logging.getLogger("norn.ws")  # websockets' own chatter, quiet unless 
 
 WRITE_HIGH_WATER = 64 * 1024
 _PENDING_REQUESTS = 256  # pipelined /api requests held before we stop reading
+_STREAMING = 0.001  # seconds: a publisher sending again this soon after an answer is streaming
 _REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 426: "Upgrade Required",
     503: "Service Unavailable",
@@ -438,6 +439,7 @@ class Connection(asyncio.Protocol):
         requests = self.requests
         assert requests is not None and self.transport is not None
         loop = srv.loop
+        answered = -1.0  # when the last run was answered (loop time)
         while True:
             if not requests:
                 self.wake = loop.create_future()
@@ -445,6 +447,12 @@ class Connection(asyncio.Protocol):
                 self.wake = None
             self.busy = True
             while requests:
+                if loop.time() - answered < _STREAMING:
+                    # A streaming publisher sends its next requests a few
+                    # microseconds apart: let the loop read the rest first, so
+                    # they are stored and written to each subscriber together
+                    # (benchmarks/README.md, "Runs of a streaming publisher").
+                    await asyncio.sleep(0)
                 if hub.congested:
                     # A subscriber is behind but may still be draining: deliver
                     # what we have, then hold this publisher for it.
@@ -456,6 +464,7 @@ class Connection(asyncio.Protocol):
                 # for a commit (SQLite), and a publisher whose acks were held
                 # that long would stop at its window of unacknowledged requests.
                 self._answer([dumps(r) for r in await srv.api.handle_run(requests)])
+                answered = loop.time()
             self.busy = False
             if self.held is not None:
                 held, self.held = bytes(self.held), None
