@@ -439,6 +439,7 @@ class Connection(asyncio.Protocol):
         requests = self.requests
         assert requests is not None and self.transport is not None
         loop = srv.loop
+        gather = hub.broker.publish_waits
         answered = -1.0  # when the last run was answered (loop time)
         while True:
             if not requests:
@@ -447,7 +448,7 @@ class Connection(asyncio.Protocol):
                 self.wake = None
             self.busy = True
             while requests:
-                if loop.time() - answered < _STREAMING:
+                if gather and loop.time() - answered < _STREAMING:
                     # A streaming publisher sends its next requests a few
                     # microseconds apart: let the loop read the rest first, so
                     # they are stored and written to each subscriber together

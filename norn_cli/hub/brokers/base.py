@@ -167,6 +167,10 @@ class Broker(abc.ABC):
     sole_writer: bool = False
     """True when no other hub publishes into this broker's history (memory,
     SQLite): a pipeline run found unfinished there at startup was this hub's."""
+    publish_waits: bool = False
+    """True when a publish waits for something off the event loop (a commit,
+    a round trip to Redis): requests a publisher streams are then worth
+    gathering into one call."""
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver, hub: Receiver | None = None) -> None:

@@ -143,6 +143,7 @@ class RedisBroker(Broker):
     """
 
     name = "redis"
+    publish_waits = True
 
     def __init__(
         self,

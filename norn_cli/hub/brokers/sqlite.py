@@ -101,6 +101,7 @@ class SqliteBroker(Broker):
     """
 
     name = "sqlite"
+    publish_waits = True
     sole_writer = True
 
     def __init__(
