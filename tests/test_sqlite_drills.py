@@ -48,6 +48,7 @@ class Hub:
         self.proc: asyncio.subprocess.Process | None = None
         self.killed = False
         self.stderr: list[str] = []
+        self.more = asyncio.Event()  # set when a line is added to `stderr`
 
     @property
     def url(self) -> str:
@@ -75,6 +76,18 @@ class Hub:
         assert self.proc is not None and self.proc.stderr is not None
         while line := await self.proc.stderr.readline():
             self.stderr.append(line.decode())
+            self.more.set()
+
+    async def line(self, text: str, start: int = 0) -> int:
+        """Wait for a line of the hub's stderr, from the `start`-th on, that contains `text`; its index."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                for i in range(start, len(self.stderr)):
+                    if text in self.stderr[i]:
+                        return i
+                start = len(self.stderr)
+                self.more.clear()
+                await self.more.wait()
 
     def kill(self) -> None:
         """SIGKILL now (from any callback): no shutdown hook runs.
@@ -319,7 +332,7 @@ async def test_retention_by_count_and_age_on_a_running_hub(tmp_path: Path, hubs:
     """`--history 50 --retention 2s`: the newest 50 stay until they are 2 s old, then none; a resume from
     before the history is told of the gap, a resume from the last id is not."""
     db = tmp_path / "events.db"
-    hub = Hub(db, "--history", "50", "--retention", "2s")
+    hub = Hub(db, "--history", "50", "--retention", "2s", "-vv")  # -vv: the hub logs each pruning step
     hubs.append(hub)
     await hub.start()
     async with connect(hub.url + "/api", open_timeout=TIMEOUT) as api:
@@ -329,14 +342,15 @@ async def test_retention_by_count_and_age_on_a_running_hub(tmp_path: Path, hubs:
         async with asyncio.timeout(TIMEOUT):
             replies = [json.loads(await api.recv()) for _ in range(4)]
     ids = [i for r in replies for i in r["ids"]]
-    async with asyncio.timeout(TIMEOUT):
-        while (await hub.api({"op": "status"}))["retained"] != 50:  # pruned in the background, announced nowhere
-            await asyncio.sleep(0.05)
-    assert [i for _, i, _ in on_disk(db)] == ids[-50:]
-    async with asyncio.timeout(TIMEOUT):
-        while (await hub.api({"op": "status"}))["retained"] != 0:
-            await asyncio.sleep(0.05)
+    seen = -1
+    while True:  # a pruning step may come between two of the publishes: wait for the one after the last
+        seen = await hub.line(f"from {db}, 50 kept", seen + 1)
+        if [i for _, i, _ in on_disk(db)] == ids[-50:]:
+            break
+    assert (await hub.api({"op": "status"}))["retained"] == 50
+    await hub.line(f"from {db}, 0 kept", seen + 1)  # 2 s after they were published
     assert on_disk(db) == []
+    assert (await hub.api({"op": "status"}))["retained"] == 0
     async with connect(f"{hub.url}/ws?since={ids[10]}", open_timeout=TIMEOUT) as sub:
         async with asyncio.timeout(TIMEOUT):
             assert json.loads(await sub.recv()) == {"type": "hub.gap", "appId": "", "payload": {"since": ids[10], "oldest": ""}}
@@ -472,9 +486,10 @@ async def test_disk_full_refuses_then_recovers_by_itself(tmp_path: Path, hubs: l
         status, _, body = await http_get(hub.port, "/healthz")
         assert (status, json.loads(body)) == (503, {"ok": False, "clients": 1, "broker": "sqlite", "error": reason})
         assert [i for _, i, _ in on_disk(db)] == acked
+        await hub.line(f"{db} takes writes again; publishing resumes")  # once retention freed pages
+        status, _, body = await http_get(hub.port, "/healthz")
+        assert (status, json.loads(body)) == (200, {"ok": True, "clients": 1, "broker": "sqlite"})
         async with asyncio.timeout(TIMEOUT):
-            while (await http_get(hub.port, "/healthz"))[0] != 200:
-                await asyncio.sleep(0.1)
             await api.send(json.dumps({"op": "publish", "event": {"type": "drill.tick", "appId": "drill", "payload": {"n": 1}}}))
             after = json.loads(await api.recv())
             assert after["ok"] is True

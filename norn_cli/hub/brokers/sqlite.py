@@ -441,8 +441,8 @@ class SqliteBroker(Broker):
         self._post(self._changed)
 
     def _healed(self) -> None:
+        self._problem = None  # before the line saying so: a reader of the log may act on it
         log.warning("%s takes writes again; publishing resumes", self.path)
-        self._problem = None
         self._post(self._changed)
 
     # ------------------------------------------------------------ housekeeping (writer thread)
@@ -582,6 +582,7 @@ class SqliteBroker(Broker):
         self._state_written = stored
         self._oldest = first[0] if first else None
         self._pruned += deleted
+        log.debug("pruned %d events from %s, %d kept", deleted, self.path, self._count)
         self._post(self._changed)
         return int(deleted)
 
