@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +15,11 @@ from pathlib import Path
 import pytest
 from test_serve_cli import Served
 
+from websockets.asyncio.client import connect
+
 from conftest import TIMEOUT, run_norn
 from norn_cli.hub import cpus
+from norn_cli.hub.writer import MIN_TARGETS
 
 ALL = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 pytestmark = pytest.mark.skipif(
@@ -48,8 +54,9 @@ def thread_cpus(pid: int) -> dict[int, frozenset[int]]:
     return out
 
 
-def test_sqlite_hub_pins_loop_and_writer_and_steps_get_every_cpu(tmp_path: Path) -> None:
-    """The loop thread and the writer share one CPU; the checkpointer, and a deploy step the hub starts, have them all."""
+async def test_sqlite_hub_pins_loop_and_writer_and_steps_get_every_cpu(tmp_path: Path) -> None:
+    """The loop thread and the writer share one CPU; the fan-out helper has the others; the checkpointer, and a
+    deploy step the hub starts, have them all."""
     (tmp_path / "norn.toml").write_text(TOML)
     hub = Served("serve", "--port", "0", "--broker", f"sqlite://{tmp_path}/events.db", "--config", str(tmp_path / "norn.toml"), cwd=tmp_path)
     try:
@@ -58,6 +65,18 @@ def test_sqlite_hub_pins_loop_and_writer_and_steps_get_every_cpu(tmp_path: Path)
         assert len(loop) == 1 and loop <= ALL
         assert loop in threads.values()  # the writer
         assert ALL in threads.values()  # the checkpointer
+        # A group of MIN_TARGETS subscribers or more is written from a helper thread too: it starts then.
+        async with contextlib.AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(connect(hub.url + "/ws")) for _ in range(MIN_TARGETS)]
+            async with connect(hub.url + "/api") as api:
+                await api.send(json.dumps({"op": "publish", "event": {"type": "drill.tick", "appId": "web", "payload": {}}}))
+                async with asyncio.timeout(TIMEOUT):
+                    reply = json.loads(await api.recv())
+                    assert reply["ok"] is True, reply
+                    for sub in subs:
+                        assert json.loads(await sub.recv())["type"] == "drill.tick"
+        started = {tid: cpus for tid, cpus in thread_cpus(hub.proc.pid).items() if tid not in threads and tid != hub.proc.pid}
+        assert list(started.values()) == [ALL - loop], (threads, started)
         result = run_norn("--url", hub.url, "deploy", "web", "--quiet")
         assert result.returncode == 0, result.stderr
         assert cpu_list((tmp_path / "where.txt").read_text().split(":", 1)[1]) == ALL
@@ -107,6 +126,8 @@ def test_pin_unpin_and_what_inherits() -> None:
 
         def helper() -> None:
             got["before"] = frozenset(os.sched_getaffinity(0))
+            cpus.run_elsewhere()
+            got["elsewhere"] = frozenset(os.sched_getaffinity(0))
             cpus.run_anywhere()
             got["after"] = frozenset(os.sched_getaffinity(0))
 
@@ -125,6 +146,8 @@ def test_pin_unpin_and_what_inherits() -> None:
     assert seen["process"] == here
     assert seen["process anywhere"] == ALL
     assert seen["after anywhere"] == here
-    assert seen["thread"] == {"before": here, "after": ALL}
+    assert seen["thread"] == {"before": here, "elsewhere": ALL - here, "after": ALL}
     assert seen["unpinned"] == ALL
-    assert cpus._everywhere is None
+    assert cpus._everywhere is None and cpus._pinned is None
+    cpus.run_elsewhere()  # nothing pinned: nothing changes
+    assert frozenset(os.sched_getaffinity(0)) == ALL

@@ -117,7 +117,7 @@ class FanoutWriter(Generic[K]):
             self._helpers.append(t)
 
     def _run(self) -> None:
-        cpus.run_anywhere()  # a helper is there to use another CPU than the loop's
+        cpus.run_elsewhere()  # a helper is there to use another CPU than the loop's
         jobs = self._jobs
         while True:
             job = jobs.get()
