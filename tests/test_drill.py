@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import IO
 
@@ -57,7 +58,7 @@ defaults
     retries 3
     option redispatch
 frontend norn
-    bind 127.0.0.1:{port}
+    bind fd@{fd}
     default_backend hubs
 backend hubs
     balance roundrobin
@@ -105,14 +106,20 @@ async def _copy(src: asyncio.StreamReader, dst: IO[bytes]) -> None:
 
 
 async def _start_haproxy(tmp_path: Path, hubs: list[Hub]) -> tuple[asyncio.subprocess.Process, int]:
-    port = free_port()
-    servers = "\n".join(f"    server hub{h.n} 127.0.0.1:{h.port} check" for h in hubs)
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-    with (tmp_path / "haproxy.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            "haproxy", "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+    # haproxy listens on a socket bound here and handed over (`bind fd@N`): it
+    # takes connections from the moment it starts, nobody waits for it to bind.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        servers = "\n".join(f"    server hub{h.n} 127.0.0.1:{h.port} check" for h in hubs)
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(fd=listener.fileno(), servers=servers))
+        with (tmp_path / "haproxy.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                "haproxy", "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                pass_fds=(listener.fileno(),),
+            )  # fmt: skip
     try:
         return proc, await _haproxy_ready(port)
     except BaseException:
@@ -125,11 +132,7 @@ async def _haproxy_ready(port: int) -> int:
     """The port once a request through haproxy reaches a healthy hub."""
     async with asyncio.timeout(TIMEOUT):
         while True:  # each try is a real request through haproxy to a hub
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)  # haproxy has not bound its port yet
-                continue
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # haproxy's socket listens already
             try:  # haproxy keeps a client connection alive unless asked not to: read the head only
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: drill\r\nConnection: close\r\n\r\n")
                 head = await reader.readuntil(b"\r\n\r\n")
