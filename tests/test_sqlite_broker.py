@@ -21,6 +21,7 @@ from norn_cli.core.errors import ConfigError
 from norn_cli.core.events import Event, Filter, parse_id
 from norn_cli.hub.brokers.base import Duplicate
 from norn_cli.hub.brokers import open_broker
+from norn_cli.hub.brokers import sqlite as sqlite_broker
 from norn_cli.hub.brokers.sqlite import SqliteBroker
 from norn_cli.hub.brokers.sqlite_file import SCHEMA_VERSION, id_of, key_of, parse_sqlite_url
 from norn_cli.hub.server import HubServer
@@ -265,6 +266,22 @@ async def test_retention_by_age(hubs: Hubs) -> None:
             new = await publish(api, event(n=3))
             assert (await recv_json(sub))["id"] == new[0]  # nothing after ids[1] was lost: no gap
     assert srv.status()["lastId"] == new[0]
+
+
+async def test_the_log_starts_over_short_after_a_checkpoint(hubs: Hubs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a checkpoint has copied the write-ahead log into the file, the next commit cuts the log to its own
+    frames, so commits append to a short log instead of writing over the frames of a long one."""
+    monkeypatch.setattr(sqlite_broker, "CHECKPOINT_EVERY", 0.2)
+    srv = await hubs.start()
+    log = hubs.path.with_name(hubs.path.name + "-wal")
+    frame = 24 + 4096
+    async with ws(srv.port, "/api") as api:
+        for n in range(100):  # a commit each, a frame or more each
+            await publish(api, event(n=n))
+        await until(srv.broker, lambda: srv.broker.metrics()["norn_sqlite_checkpoints_total"] >= 1)
+        await publish(api, event(n=100))
+        assert log.stat().st_size <= 32 + 4 * frame  # the header, then this commit (and maybe a state update)
+    assert [json.loads(d)["payload"]["n"] for _, d in stored(hubs.path)] == list(range(101))
 
 
 # ---------------------------------------------------------------- faults

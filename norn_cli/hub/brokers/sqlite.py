@@ -23,7 +23,11 @@ events at a time while publishing goes on and the last few once it pauses;
 deleted pages are reused, so the file stops growing once retention is
 reached. Checkpoints (copying SQLite's write-ahead log into the file) run in
 a thread of their own, so their disk syncs are not in any publish's way:
-one per CHECKPOINT_BYTES of events, and one once publishing pauses.
+one per CHECKPOINT_BYTES of events, and one once publishing pauses. After
+each, the log starts over cut short (`journal_size_limit = 0`), so commits
+append to it instead of writing over old frames, which on ext4 costs twice
+as much per frame and, at a moderate rate, ~150 µs more at the p99 of
+delivery (benchmarks/README.md, "Appending to the log").
 
 The loop thread and the writer thread are pinned to one CPU (`pin_cpu`,
 hub/cpus.py): every commit is two hand-offs between them, and on one CPU a
@@ -154,6 +158,7 @@ class SqliteBroker(Broker):
         self._stored = 0  # the newest key committed
         self._delivered = 0  # the newest key handed to the hub (the loop's)
         self._commits = 0
+        self._checkpoints = 0  # whole: the log starts over at the next commit
         self._committed = 0
         self._commit_seconds = 0.0
         self._write_errors = 0
@@ -659,6 +664,9 @@ class SqliteBroker(Broker):
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             log.warning("checkpointing %s failed: %s", self.path, exc)
+        else:
+            self._checkpoints += 1
+            self._post(self._changed)
         self._catch_up = False
 
     def _reader(self) -> sqlite3.Connection:
@@ -726,6 +734,7 @@ class SqliteBroker(Broker):
             "norn_sqlite_commit_seconds_total": round(self._commit_seconds, 6),
             "norn_sqlite_write_errors_total": self._write_errors,
             "norn_sqlite_pruned_events_total": self._pruned,
+            "norn_sqlite_checkpoints_total": self._checkpoints,
             "norn_sqlite_file_bytes": size,
         }
 
