@@ -200,7 +200,7 @@ def _prepare(path: Path, db: sqlite3.Connection, lock: IO[str] | None, *, fsync:
             raise sqlite3.OperationalError(f"it cannot use write-ahead logging (journal mode {mode})")
         db.execute(f"PRAGMA synchronous = {FSYNC[fsync]}")
         # Each time the log starts over (after a checkpoint), SQLite cuts it to what that commit wrote, so
-        # commits append to the log rather than write over its old frames: slower on ext4 (benchmarks/README.md).
+        # commits append to the log rather than write over its old frames (measured slower: benchmarks/README.md).
         db.execute("PRAGMA journal_size_limit = 0")
         db.execute("PRAGMA wal_autocheckpoint = 0")  # the broker's checkpointer thread does it, off the commit path
         if max_pages is not None:
