@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from conftest import TIMEOUT
+from norn_cli.client.connect import ConnectionState
 from norn_cli.client.emit import emit_events, stream_ndjson
 from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.errors import EventError, HubUnreachable
@@ -63,7 +64,7 @@ async def numbered(n: int) -> AsyncIterator[dict[str, Any]]:
 async def test_a_connection_lost_before_its_acks_publishes_each_event_once() -> None:
     """The lost acks' events are re-sent with their keys: ids once each, in order; subscribers see each event once."""
     n = 6000
-    notices: list[str] = []
+    states: list[ConnectionState] = []
     async with HubServer(host="127.0.0.1", port=0, history=2 * n) as srv:
         proxy = CuttingProxy(srv.port, lambda: srv.hub.published >= n // 2)
         port = await proxy.start()
@@ -71,7 +72,7 @@ async def test_a_connection_lost_before_its_acks_publishes_each_event_once() -> 
         async with asyncio.timeout(TIMEOUT), connect(f"{srv.url}/ws") as sub:
             stats = await emit_events(
                 Endpoint.parse(f"ws://127.0.0.1:{port}"), numbered(n),
-                on_ack=lambda i, d: acks.append((i, d)), on_notice=notices.append,
+                on_ack=lambda i, d: acks.append((i, d)), on_state=states.append,
             )  # fmt: skip
             got = [json.loads(await sub.recv()) for _ in range(n)]
         await proxy.close()
@@ -82,7 +83,8 @@ async def test_a_connection_lost_before_its_acks_publishes_each_event_once() -> 
     assert len(ids) == len(set(ids)) == n
     assert [g["id"] for g in got] == ids
     assert [g["payload"]["n"] for g in got] == list(range(n))
-    assert any(m.startswith("reconnected to ") for m in notices)
+    hub = f"ws://127.0.0.1:{port}"
+    assert states == [ConnectionState("lost", hub, "the connection dropped"), ConnectionState("back", hub, attempt=1)]
 
 
 async def test_no_retry_fails_fast_with_a_count() -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import io
+import json
 import os
 import pty
 import re
 import struct
 import termios
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, norn_argv, norn_env
 from rich.console import Console
+from websockets.asyncio.client import connect
 from test_run_state import T0, env
 from test_tail_e2e import Norn, procs, publish, step, tail  # noqa: F401 (procs is a fixture)
 
@@ -270,3 +273,69 @@ async def test_tail_on_a_terminal_redraws_one_status_line(restartable: list[HubS
     assert attempts == list(range(1, len(attempts) + 1)) and len(attempts) >= 2
     assert int(shown[2]) == len(attempts) + 1
     assert screen.text.count("reconnected") == 1
+
+
+# ------------------------------------------------------------------ publishers: emit and replay
+
+
+async def test_emit_in_a_pipe_prints_one_line_when_lost_and_one_when_back(
+    restartable: list[HubServer], procs: list[Norn]  # noqa: F811 (procs is a fixture)
+) -> None:
+    """`norn emit --stream` with the hub stopped between two lines and restarted on its port: stderr gets exactly
+    lost, back and the count, and each event is published once."""
+    broker = MemoryBroker(100)
+    hub1 = await start_hub(restartable, broker)
+    proc = await asyncio.create_subprocess_exec(
+        *norn_argv("--url", hub1.url, "emit", "--file", "-", "--stream"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=norn_env(),
+    )  # fmt: skip
+    e = Norn(proc)
+    procs.append(e)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(step("a", "one")).encode() + b"\n")
+    first = await e.line()
+    await hub1.close()
+    proc.stdin.write(json.dumps(step("a", "two")).encode() + b"\n")
+    await e.stderr_until("lost the hub")
+    hub2 = await start_hub(restartable, broker, hub1.port)
+    second = await e.line()
+    proc.stdin.close()
+    code, rest, _ = await e.finish()
+    assert (code, rest) == (0, "")
+    hub = hub1.url
+    assert len(e.errors) == 3, e.errors
+    assert e.errors[0] == f"norn: lost the hub at {hub} (it is shutting down); reconnecting"
+    assert re.fullmatch(rf"norn: reconnected to {re.escape(hub)} after \d+ attempts?", e.errors[1])
+    assert e.errors[2] == f"norn: published 2 events to {hub} (0 already published, 1 reconnects)"
+    assert (hub1.hub.published, hub2.hub.published) == (1, 1)
+    assert hub2.status()["lastId"] == second != first
+
+
+async def test_replay_in_a_pipe_prints_one_line_when_lost_and_one_when_back(
+    restartable: list[HubServer], procs: list[Norn], tmp_path: Path  # noqa: F811 (procs is a fixture)
+) -> None:
+    """`norn replay` with the hub stopped in the 5 s the recording waits between its two events: stderr gets
+    exactly lost, back and the count."""
+    broker = MemoryBroker(100)
+    hub1 = await start_hub(restartable, broker)
+    recording = tmp_path / "session.ndjson"
+    recording.write_text(
+        json.dumps({**step("a", "one"), "id": "1-0", "ts": "2026-11-27T10:00:00.000Z"}) + "\n"
+        + json.dumps({**step("a", "two"), "id": "2-0", "ts": "2026-11-27T10:00:05.000Z"}) + "\n"
+    )  # fmt: skip
+    async with connect(f"{hub1.url}/ws") as sub:
+        r = await Norn.start("--url", hub1.url, "replay", str(recording))
+        procs.append(r)
+        async with asyncio.timeout(TIMEOUT):
+            assert loads(await sub.recv())["payload"]["step"] == "one"
+    await hub1.close()  # the replay waits 5 s before the second event
+    await r.stderr_until("lost the hub")
+    hub2 = await start_hub(restartable, broker, hub1.port)
+    code, rest, _ = await r.finish()
+    assert (code, rest) == (0, "")
+    hub = hub1.url
+    assert len(r.errors) == 3, r.errors
+    assert r.errors[0] == f"norn: lost the hub at {hub} (it is shutting down); reconnecting"
+    assert re.fullmatch(rf"norn: reconnected to {re.escape(hub)} after \d+ attempts?", r.errors[1])
+    assert r.errors[2] == f"norn: replayed 2 events from {recording} to {hub}"
+    assert (hub1.hub.published, hub2.hub.published) == (1, 1)

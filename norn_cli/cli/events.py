@@ -76,7 +76,9 @@ def emit(
     (a random one per run plus the line number, unless given), so when the
     connection drops before every acknowledgement is in, norn reconnects and
     re-sends exactly the events not acknowledged: each is published once,
-    and one id per input event is printed, in input order.
+    and one id per input event is printed, in input order. While the hub is
+    away, stderr shows one status line updated in place on a terminal, and
+    elsewhere one line when the hub is lost and one when it is back.
 
     \b
     Examples:
@@ -103,13 +105,14 @@ def emit(
             raise click.BadParameter(exc.message.replace("event 'key'", "it"), param_hint="'--key'") from None
     endpoint = hub_endpoint(settings)
     out = sys.stdout
+    err = _Stderr(settings)
     if file is None:
         assert event_type is not None and app is not None
         _check_event(event_type, app, data, pairs, force)
-        reply = run(emitting.emit_from_flags(
+        reply = run(err.around(emitting.emit_from_flags(
             endpoint, event_type, app, data=data, pairs=pairs, key=key, token=settings.token, cafile=settings.cafile,
-            retry=not no_retry, on_notice=notice,
-        ))  # fmt: skip
+            retry=not no_retry, on_state=err.connection,
+        )))  # fmt: skip
         out.write((json_line(reply) if as_json else str(reply.get("id", ""))) + "\n")
         return
 
@@ -126,11 +129,11 @@ def emit(
     except OSError as exc:
         raise click.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="'--file'") from None
     with lines:
-        stats = run(emitting.emit_ndjson(
+        stats = run(err.around(emitting.emit_ndjson(
             endpoint, lines, on_ack=on_ack, source="stdin" if file == "-" else file, stream=stream, key=key,
             default_type=event_type, default_app=app, token=settings.token, cafile=settings.cafile,
-            retry=not no_retry, on_notice=notice,
-        ))  # fmt: skip
+            retry=not no_retry, on_state=err.connection,
+        )))  # fmt: skip
     out.flush()
     if settings.verbose or stats.reconnects:
         count = stats.acked
@@ -237,8 +240,8 @@ def tail(
 
 
 class _Stderr:
-    """tail's stderr: connection changes on one StatusLine (made at the first change), and notices that
-    never land on the end of a status line left on screen."""
+    """tail's and emit's stderr: connection changes on one StatusLine (made at the first change), and notices
+    that never land on the end of a status line left on screen."""
 
     def __init__(self, settings: Settings) -> None:
         self.no_color = settings.no_color

@@ -62,6 +62,7 @@ def replay(
 
     from norn_cli.client import replay as replaying
     from norn_cli.core.errors import NornError
+    from norn_cli.render.reconnect import StatusLine
     from norn_cli.render.replay import replay_progress
 
     if rewrite_app is not None:
@@ -83,10 +84,12 @@ def replay(
         except NornError as exc:
             fail(exc.message, int(exc.exit_code))
     err = Console(stderr=True, no_color=settings.no_color)
+    # A line when the hub is lost and one when it is back, above the progress bar (no line redrawn in place).
+    status = StatusLine(Console(stderr=True, no_color=settings.no_color or None, highlight=False, force_interactive=False))
     with replay_progress(err, len(recording.events)) as on_progress:
         stats = run(replaying.replay(
             endpoint, recording, speed=speed, on_progress=on_progress, token=settings.token, cafile=settings.cafile,
-            on_notice=notice,
+            on_state=status.show,
         ))  # fmt: skip
     n = stats.acked
     skipped = f" ({recording.skipped} left out by the filters or hub frames)" if recording.skipped else ""

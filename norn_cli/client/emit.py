@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from typing import IO, Any
 
 from norn_cli.client.endpoint import Endpoint
-from norn_cli.client.connect import BATCH_BYTES
+from norn_cli.client.connect import BATCH_BYTES, ConnectionState
 from norn_cli.client.publisher import OnAck, PublishStats, publish_resilient
 from norn_cli.core.errors import EventError
 from norn_cli.core.events import dumps, event_key, loads, validate_event
@@ -210,7 +210,7 @@ async def emit_event(
     token: str | None = None,
     cafile: str | None = None,
     retry: bool = True,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> dict[str, Any]:
     """Publish one validated event (keyed at random unless it has a key); return the reply.
 
@@ -225,7 +225,7 @@ async def emit_event(
         reply.update({"ok": True, "id": event_id, **({"duplicate": True} if duplicate else {})})
 
     await publish_resilient(
-        endpoint, [event], on_ack=on_ack, retry=retry, total=1, token=token, cafile=cafile, on_notice=on_notice
+        endpoint, [event], on_ack=on_ack, retry=retry, total=1, token=token, cafile=cafile, on_state=on_state
     )
     return reply
 
@@ -238,7 +238,7 @@ async def emit_events(
     token: str | None = None,
     cafile: str | None = None,
     retry: bool = True,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> PublishStats:
     """Publish keyed events (an event without a key gets one), batched and pipelined, across lost connections.
 
@@ -250,7 +250,7 @@ async def emit_events(
         prefix = new_key_prefix()
         events = [ev if "key" in ev else keyed(dict(ev), prefix, i) for i, ev in enumerate(events, 1)]
     return await publish_resilient(
-        endpoint, events, on_ack=on_ack, retry=retry, total=total, token=token, cafile=cafile, on_notice=on_notice
+        endpoint, events, on_ack=on_ack, retry=retry, total=total, token=token, cafile=cafile, on_state=on_state
     )
 
 
@@ -265,13 +265,13 @@ async def emit_from_flags(
     token: str | None = None,
     cafile: str | None = None,
     retry: bool = True,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> dict[str, Any]:
     """`norn emit TYPE --app APP [--data] [-p ...] [--key]`: validate, then publish; return the reply."""
     event = build_event(etype, app, build_payload(data, pairs))
     if key is not None:
         event["key"] = event_key({"key": key})
-    return await emit_event(endpoint, event, token=token, cafile=cafile, retry=retry, on_notice=on_notice)
+    return await emit_event(endpoint, event, token=token, cafile=cafile, retry=retry, on_state=on_state)
 
 
 async def emit_ndjson(
@@ -287,7 +287,7 @@ async def emit_ndjson(
     token: str | None = None,
     cafile: str | None = None,
     retry: bool = True,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> PublishStats:
     """`norn emit --file`: publish every line, keyed `<key or a random prefix>:<line number>` unless it has a key.
 
@@ -301,5 +301,5 @@ async def emit_ndjson(
     else:
         events = read_ndjson(lines, source=source, default_type=default_type, default_app=default_app, key_prefix=prefix)
     return await emit_events(
-        endpoint, events, on_ack=on_ack, token=token, cafile=cafile, retry=retry, on_notice=on_notice
+        endpoint, events, on_ack=on_ack, token=token, cafile=cafile, retry=retry, on_state=on_state
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from norn_cli.client.connect import BATCH_BYTES, BATCH_EVENTS, ApiClient, _closed_reason
+from norn_cli.client.connect import BATCH_BYTES, BATCH_EVENTS, ApiClient, ConnectionState, _closed_reason
 from norn_cli.client.endpoint import Endpoint
 from norn_cli.core.errors import EventError, HubUnreachable, NornError, OperationFailed, Unauthorized
 from norn_cli.core.events import dumps, loads
@@ -51,9 +51,10 @@ class PublishStats:
 class _Retry(Exception):
     """The connection is lost or the hub cannot take events right now: reconnect and re-send."""
 
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, message: str, *, reason: str, fatal: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason  # the why alone, for a ConnectionState
         self.fatal = fatal
 
 
@@ -121,7 +122,8 @@ class _Publisher:
                 self._acked(loads(await api.ws.recv()))
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
-            raise _Retry(f"lost the hub at {self.endpoint}: {_closed_reason(exc)}", fatal=code in _FATAL_CLOSE) from None
+            why = _closed_reason(exc)
+            raise _Retry(f"lost the hub at {self.endpoint}: {why}", reason=why, fatal=code in _FATAL_CLOSE) from None
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
@@ -157,7 +159,8 @@ class _Publisher:
             code = str(err.get("code", "internal"))
             message = str(err.get("message", "the hub refused the request"))
             if code == "unavailable":
-                raise _Retry(f"the hub at {self.endpoint} cannot take events now: {message}")
+                raise _Retry(f"the hub at {self.endpoint} cannot take events now: {message}",
+                             reason=f"it cannot take events now: {message}")  # fmt: skip
             if code == "unauthorized":
                 raise Unauthorized(message)
             raise OperationFailed(message, code=code)
@@ -186,7 +189,7 @@ async def publish_resilient(
     cafile: str | None = None,
     window: int = 8,
     retry_for: float = RETRY_FOR,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> PublishStats:
     """Publish keyed events in order, each acknowledged once, across lost connections.
 
@@ -196,8 +199,12 @@ async def publish_resilient(
     seconds pass without a new acknowledgement. A refused batch is
     OperationFailed; an input error (EventError) is raised once everything
     before it is acknowledged. Every error says how many events got through.
+    `on_state` hears each change of the connection, as a subscription's
+    does: lost, each failed attempt to reconnect, back.
     """
-    notice = on_notice or (lambda _msg: None)
+    tell = on_state or (lambda _state: None)
+    hub = str(endpoint)
+    attempt = 0  # failed attempts to reconnect since the connection was lost
     pub = _Publisher(endpoint, on_ack, window=window)
     pump = asyncio.create_task(pub.pump(events))
     loop = asyncio.get_running_loop()
@@ -208,20 +215,22 @@ async def publish_resilient(
     acked_before = 0
     try:
         while True:
+            up = False  # this attempt connected
             try:
                 try:
                     async with ApiClient(endpoint, token=token, cafile=cafile) as api:
+                        up = True
                         if connected:
                             pub.stats.reconnects += 1
-                            notice(f"reconnected to {endpoint}; re-sending {len(pub.unacked) + len(pub.unsent)} "
-                                   f"events not acknowledged yet")  # fmt: skip
+                            tell(ConnectionState("back", hub, attempt=attempt + 1))
                         connected = True
+                        attempt = 0
                         await pub.session(api)
                     break
                 except HubUnreachable as exc:
                     if not connected:
                         raise
-                    raise _Retry(exc.message) from None
+                    raise _Retry(exc.message, reason=exc.reason) from None
             except _Retry as exc:
                 if pub.stats.acked > acked_before:
                     acked_before, last_progress, delay = pub.stats.acked, loop.time(), BACKOFF[0]
@@ -233,7 +242,11 @@ async def publish_resilient(
                         f"({pub.stats.acked}{of} events were published)"
                     ) from None
                 pause = delay * (0.5 + random.random())
-                notice(f"{exc.message}; retrying in {pause:.1f}s")
+                if up:
+                    tell(ConnectionState("lost", hub, exc.reason))
+                else:
+                    attempt += 1
+                    tell(ConnectionState("retrying", hub, exc.reason, attempt, pause))
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, BACKOFF[1])
     except OperationFailed as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from norn_cli.client.connect import ConnectionState
 from norn_cli.client.emit import checked_event, keyed, new_key_prefix
 from norn_cli.client.endpoint import Endpoint
 from norn_cli.client.publisher import PublishStats, publish_resilient
@@ -115,7 +116,7 @@ async def replay(
     token: str | None = None,
     cafile: str | None = None,
     retry: bool = True,
-    on_notice: Callable[[str], None] | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> PublishStats:
     """Publish the recording's events in order, each when due (see `schedule`); return the stats.
@@ -150,5 +151,5 @@ async def replay(
     else:
         events = paced()
     return await publish_resilient(
-        endpoint, events, on_ack=on_ack, retry=retry, total=total, token=token, cafile=cafile, on_notice=on_notice
+        endpoint, events, on_ack=on_ack, retry=retry, total=total, token=token, cafile=cafile, on_state=on_state
     )
