@@ -278,6 +278,16 @@ async def test_tail_on_a_terminal_redraws_one_status_line(restartable: list[HubS
 # ------------------------------------------------------------------ publishers: emit and replay
 
 
+async def finished_lost_then_back(p: Norn, hub: str, count: str) -> None:
+    """The publisher exits 0 with nothing more on stdout, and its stderr is exactly: lost, back, `count`."""
+    code, rest, _ = await p.finish()
+    assert (code, rest) == (0, "")
+    assert len(p.errors) == 3, p.errors
+    assert p.errors[0] == f"norn: lost the hub at {hub} (it is shutting down); reconnecting"
+    assert re.fullmatch(rf"norn: reconnected to {re.escape(hub)} after \d+ attempts?", p.errors[1])
+    assert p.errors[2] == count
+
+
 async def test_emit_in_a_pipe_prints_one_line_when_lost_and_one_when_back(
     restartable: list[HubServer], procs: list[Norn]  # noqa: F811 (procs is a fixture)
 ) -> None:
@@ -300,13 +310,7 @@ async def test_emit_in_a_pipe_prints_one_line_when_lost_and_one_when_back(
     hub2 = await start_hub(restartable, broker, hub1.port)
     second = await e.line()
     proc.stdin.close()
-    code, rest, _ = await e.finish()
-    assert (code, rest) == (0, "")
-    hub = hub1.url
-    assert len(e.errors) == 3, e.errors
-    assert e.errors[0] == f"norn: lost the hub at {hub} (it is shutting down); reconnecting"
-    assert re.fullmatch(rf"norn: reconnected to {re.escape(hub)} after \d+ attempts?", e.errors[1])
-    assert e.errors[2] == f"norn: published 2 events to {hub} (0 already published, 1 reconnects)"
+    await finished_lost_then_back(e, hub1.url, f"norn: published 2 events to {hub1.url} (0 already published, 1 reconnects)")
     assert (hub1.hub.published, hub2.hub.published) == (1, 1)
     assert hub2.status()["lastId"] == second != first
 
@@ -331,11 +335,5 @@ async def test_replay_in_a_pipe_prints_one_line_when_lost_and_one_when_back(
     await hub1.close()  # the replay waits 5 s before the second event
     await r.stderr_until("lost the hub")
     hub2 = await start_hub(restartable, broker, hub1.port)
-    code, rest, _ = await r.finish()
-    assert (code, rest) == (0, "")
-    hub = hub1.url
-    assert len(r.errors) == 3, r.errors
-    assert r.errors[0] == f"norn: lost the hub at {hub} (it is shutting down); reconnecting"
-    assert re.fullmatch(rf"norn: reconnected to {re.escape(hub)} after \d+ attempts?", r.errors[1])
-    assert r.errors[2] == f"norn: replayed 2 events from {recording} to {hub}"
+    await finished_lost_then_back(r, hub1.url, f"norn: replayed 2 events from {recording} to {hub1.url}")
     assert (hub1.hub.published, hub2.hub.published) == (1, 1)
